@@ -1,0 +1,1 @@
+"""The catalogue: image and job records (SQLAlchemy), the blob store, and ingest orchestration."""

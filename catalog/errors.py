@@ -1,0 +1,23 @@
+"""Catalogue errors; server/errors.py maps them to HTTP codes."""
+
+from tiles.errors import TileDetectError
+
+
+class NotFoundError(TileDetectError, LookupError):
+    """No record with that id (or not visible to the caller)."""
+
+
+class ImageNotFoundError(NotFoundError):
+    pass
+
+
+class JobNotFoundError(NotFoundError):
+    pass
+
+
+class ImageNotReadyError(TileDetectError):
+    """The image exists but its COG is not complete yet."""
+
+
+class ConflictError(TileDetectError):
+    """The request contradicts the record's current state (e.g. deleting during ingest)."""

@@ -1,0 +1,110 @@
+"""Image records: created while ingesting, ready once their COG is complete, resolvable to a COG."""
+
+from __future__ import annotations
+
+import threading
+
+from cachetools import TTLCache
+from sqlalchemy import select
+
+from catalog.blobstore import LocalBlobStore
+from catalog.db import Database
+from catalog.errors import ConflictError, ImageNotFoundError, ImageNotReadyError
+from catalog.models import ImageRecord, ImageStatus, JobRecord, JobStatus, new_id
+from tiles.metadata import ImageMetadata
+
+# Tile requests resolve an image id on every call; a short TTL keeps that off the database
+# while an image deleted by another process disappears within seconds.
+_RESOLVE_TTL_SECONDS = 5.0
+
+
+class ImageCatalog:
+    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+        self._cog_paths: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=_RESOLVE_TTL_SECONDS)
+        self._lock = threading.Lock()
+
+    def create_processing(self, name: str, source_bytes: int | None) -> ImageRecord:
+        image_id = new_id()
+        record = ImageRecord(
+            id=image_id,
+            name=name,
+            status=ImageStatus.PROCESSING,
+            cog_key=f"images/{image_id}/{image_id}.tif",
+            source_bytes=source_bytes,
+        )
+        with self.db.transaction() as session:
+            session.add(record)
+        return record
+
+    def mark_ready(self, image_id: str, metadata: ImageMetadata, cog_bytes: int) -> ImageRecord:
+        with self.db.transaction() as session:
+            record = session.get(ImageRecord, image_id)
+            if record is None:
+                raise ImageNotFoundError(f"image {image_id} was removed during ingest")
+            record.meta = metadata.as_dict()
+            record.gsd = metadata.gsd
+            record.cog_bytes = cog_bytes
+            record.status = ImageStatus.READY
+            return record
+
+    def get(self, image_id: str) -> ImageRecord:
+        with self.db.transaction() as session:
+            record = session.get(ImageRecord, image_id)
+        if record is None:
+            raise ImageNotFoundError(f"no image with id {image_id!r}")
+        return record
+
+    def list(self, status: str | None = None) -> list[ImageRecord]:
+        query = select(ImageRecord).order_by(ImageRecord.created_at)
+        if status:
+            query = query.where(ImageRecord.status == status)
+        with self.db.transaction() as session:
+            return list(session.scalars(query))
+
+    def cog_path(self, image_id: str) -> str:
+        """The path GDAL opens for a ready image. The only way requests reach a raster."""
+        with self._lock:
+            cached = self._cog_paths.get(image_id)
+        if cached:
+            return cached
+        record = self.get(image_id)
+        if record.status != ImageStatus.READY or not record.cog_key:
+            raise ImageNotReadyError(f"image {image_id} is still being ingested")
+        path = self.blobs.gdal_path(record.cog_key)
+        with self._lock:
+            self._cog_paths[image_id] = path
+        return path
+
+    def delete(self, image_id: str) -> None:
+        with self.db.transaction() as session:
+            record = session.get(ImageRecord, image_id)
+            if record is None:
+                raise ImageNotFoundError(f"no image with id {image_id!r}")
+            active = session.scalar(
+                select(JobRecord.id).where(
+                    JobRecord.image_id == image_id,
+                    JobRecord.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                )
+            )
+            if active:
+                raise ConflictError(
+                    f"image {image_id} is being ingested by job {active}; delete it when that ends"
+                )
+            session.delete(record)
+        self._forget(image_id)
+        self.blobs.delete_prefix(f"images/{image_id}")
+
+    def discard(self, image_id: str) -> None:
+        """Remove an image whose ingest failed: its record and whatever files it had."""
+        with self.db.transaction() as session:
+            record = session.get(ImageRecord, image_id)
+            if record is not None:
+                session.delete(record)
+        self._forget(image_id)
+        self.blobs.delete_prefix(f"images/{image_id}")
+
+    def _forget(self, image_id: str) -> None:
+        with self._lock:
+            self._cog_paths.pop(image_id, None)

@@ -1,0 +1,127 @@
+"""Ingest: validate a raster, record it, write its COG to the blob store, mark it ready.
+
+Two phases so the API can answer at once: `submit` validates and creates the records (a bad file
+stores nothing); `run` does the slow conversion, in a background thread or in the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog.images import ImageCatalog
+from catalog.jobs import JobStore, process_owner
+from catalog.models import ImageRecord
+from tiles.cog import write_cog
+from tiles.metadata import describe_cog
+from tiles.source import SourceInfo, SourceLimits, inspect_source
+
+log = logging.getLogger(__name__)
+
+INGEST_JOB = "ingest"
+# Conversion is most of the work; describing the COG and committing it take the rest.
+_CONVERSION_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class IngestTicket:
+    image_id: str
+    job_id: str
+    source: Path
+    info: SourceInfo
+    remove_source: bool  # uploads are ours to delete; a CLI user's file is not
+
+
+class Ingestor:
+    def __init__(
+        self, images: ImageCatalog, jobs: JobStore, limits: SourceLimits = SourceLimits()
+    ) -> None:
+        self.images = images
+        self.jobs = jobs
+        self.limits = limits
+
+    def submit(self, source: str | Path, name: str, *, remove_source: bool = False) -> IngestTicket:
+        """Validate and create the records. Raises InvalidImageError, storing nothing."""
+        source = Path(source)
+        try:
+            info = inspect_source(source, self.limits)
+        except Exception:
+            if remove_source:
+                source.unlink(missing_ok=True)
+            raise
+        image = self.images.create_processing(name, source.stat().st_size)
+        job = self.jobs.create(INGEST_JOB, image_id=image.id, message=f"queued: {name}")
+        return IngestTicket(image.id, job.id, source, info, remove_source)
+
+    def run(
+        self, ticket: IngestTicket, progress: Callable[[float], None] | None = None
+    ) -> ImageRecord:
+        """Convert and publish. On any failure the image is discarded and the job says why."""
+        job_progress = self.jobs.throttled_progress(ticket.job_id)
+
+        def report(fraction: float) -> None:
+            job_progress(fraction)
+            if progress:
+                progress(fraction)
+
+        record = self.images.get(ticket.image_id)
+        assert record.cog_key
+        staging = self.images.blobs.staging_path(record.cog_key)
+        try:
+            self.jobs.start(ticket.job_id, message="writing Cloud-Optimized GeoTIFF")
+            write_cog(
+                ticket.source,
+                staging,
+                ticket.info,
+                progress=lambda f: report(_CONVERSION_SHARE * f),
+            )
+            self.jobs.progress(ticket.job_id, _CONVERSION_SHARE, "computing statistics")
+            metadata = describe_cog(staging)
+            cog_bytes = self.images.blobs.commit(staging, record.cog_key)
+            ready = self.images.mark_ready(ticket.image_id, metadata, cog_bytes)
+            self.jobs.succeed(ticket.job_id, {"image_id": ticket.image_id})
+            report(1.0)
+            return ready
+        except BaseException as exc:
+            staging.unlink(missing_ok=True)
+            self.images.discard(ticket.image_id)
+            self.jobs.fail(ticket.job_id, f"ingest failed: {exc}")
+            log.warning("ingest of image %s failed: %s", ticket.image_id, exc)
+            raise
+        finally:
+            if ticket.remove_source:
+                ticket.source.unlink(missing_ok=True)
+
+
+def recover_interrupted(images: ImageCatalog, jobs: JobStore) -> list[str]:
+    """At startup: fail jobs whose process is gone, and discard their half-ingested images.
+
+    A job owned by a live process on this host (a `tiledetect ingest` running beside the server)
+    is left alone; so are jobs of other hosts, which only their own host can judge.
+    """
+    me = process_owner()
+    host = socket.gethostname()
+    recovered = []
+    for job in jobs.unfinished():
+        owner_host, _, pid = job.owner.rpartition(":")
+        if job.owner != me and (owner_host != host or _pid_alive(pid)):
+            continue
+        jobs.fail(job.id, "interrupted: the process running this job stopped before it finished")
+        if job.kind == INGEST_JOB and job.image_id:
+            images.discard(job.image_id)
+        recovered.append(job.id)
+    return recovered
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

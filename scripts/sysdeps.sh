@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that tests use as real clients, when they are missing.
+set -euo pipefail
+missing=()
+command -v gdalinfo >/dev/null || missing+=(gdal-bin)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  echo "tiledetect: please install these Debian packages: ${missing[*]}" >&2
+  exit 1
+fi
+echo "tiledetect: installing ${missing[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

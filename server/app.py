@@ -1,0 +1,86 @@
+"""Builds the FastAPI application. `create_app(settings)` only wires; work happens elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from catalog.ingest import recover_interrupted
+from server.background import BackgroundRunner
+from server.errors import install_error_handlers
+from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
+from server.routers import images, imagery, wmts
+from server.services import build_services
+from server.settings import Settings
+
+log = logging.getLogger("tiledetect")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+VERSION = "0.1.0"
+
+# Image data responses get ETags; tiles and previews may also be cached for long.
+_IMAGE_DATA = r"^/api/images/[^/]+/(tiles/|preview|bbox/|feature|point/|info|statistics|"
+_IMAGE_DATA += r"[^/]+/tilejson\.json|WMTSCapabilities\.xml)"
+_LONG_LIVED = r"^/api/images/[^/]+/(tiles/|preview)"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services = build_services(settings)
+        recovered = recover_interrupted(services.images, services.jobs)
+        if recovered:
+            log.warning("marked %d interrupted job(s) as failed: %s", len(recovered), recovered)
+        app.state.services = services
+        app.state.runner = BackgroundRunner(settings.ingest_workers)
+        log.info("tiledetect ready: data in %s", settings.data_dir.resolve())
+        try:
+            yield
+        finally:
+            app.state.runner.shutdown()
+            services.close()
+
+    app = FastAPI(
+        title="tiledetect",
+        version=VERSION,
+        description="Image catalogue, XYZ/TileJSON/WMTS imagery tiles, and detection layers.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    app.include_router(images.router)
+    app.include_router(images.jobs_router)
+    app.include_router(
+        imagery.imagery_factory().router, prefix=imagery.IMAGE_PREFIX, tags=["imagery tiles"]
+    )
+    app.include_router(wmts.router)
+
+    @app.get("/healthz", tags=["service"], summary="200 once the server is ready")
+    def healthz() -> dict:
+        services = app.state.services
+        return {
+            "status": "ok",
+            "version": VERSION,
+            "database": services.db.engine.dialect.name,
+        }
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.add_middleware(
+        CacheHeadersMiddleware,
+        match=_IMAGE_DATA,
+        long_lived=_LONG_LIVED,
+        max_age=settings.tile_cache_seconds,
+    )
+    app.add_middleware(TileScaleSuffixMiddleware)
+    return app

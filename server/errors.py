@@ -1,0 +1,40 @@
+"""The one place where domain errors become HTTP status codes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from morecantile.errors import InvalidZoomError, TileArgParsingError
+from starlette import status
+from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
+
+from catalog.errors import ConflictError, ImageNotReadyError, NotFoundError
+from tiles.errors import InvalidImageError
+
+
+class UploadError(Exception):
+    """A malformed upload request; carries its own status code."""
+
+    def __init__(self, message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+STATUS_CODES: dict[type[Exception], int] = {
+    **DEFAULT_STATUS_CODES,
+    NotFoundError: status.HTTP_404_NOT_FOUND,
+    ImageNotReadyError: status.HTTP_409_CONFLICT,
+    ConflictError: status.HTTP_409_CONFLICT,
+    InvalidImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidZoomError: status.HTTP_404_NOT_FOUND,
+    TileArgParsingError: status.HTTP_400_BAD_REQUEST,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    add_exception_handlers(app, STATUS_CODES)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(_request, exc: UploadError):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)

@@ -1,0 +1,101 @@
+"""Pure ASGI middlewares (no BaseHTTPMiddleware: it costs latency on every tile)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# titiler 2 takes ?tilesize=; web maps still ask for retina tiles as .../{y}@2x.png.
+_SCALE_SUFFIX = re.compile(r"^(?P<head>.*/tiles/[^/]+/\d+/\d+/\d+)@(?P<scale>[1-4])x(?P<ext>\.\w+)?$")
+TILE_SIZE = 256
+
+
+class TileScaleSuffixMiddleware:
+    """Rewrites `{y}@{scale}x[.{format}]` to `{y}[.{format}]?tilesize=256*scale`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "@" in scope["path"]:
+            match = _SCALE_SUFFIX.match(scope["path"])
+            if match:
+                query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+                if not any(key == "tilesize" for key, _ in query):
+                    query.append(("tilesize", str(TILE_SIZE * int(match["scale"]))))
+                path = match["head"] + (match["ext"] or "")
+                scope = dict(scope, path=path, raw_path=path.encode(),
+                             query_string=urlencode(query).encode())
+        await self.app(scope, receive, send)
+
+
+class CacheHeadersMiddleware:
+    """ETag and Cache-Control on image data, and 304 for a matching If-None-Match.
+
+    `long_lived` paths (tiles, previews) may be cached for `max_age` seconds: an image id's
+    pixels never change. Other matched paths (TileJSON, WMTS, info) must revalidate.
+    """
+
+    def __init__(self, app: ASGIApp, match: str, long_lived: str, max_age: int) -> None:
+        self.app = app
+        self.match = re.compile(match)
+        self.long_lived = re.compile(long_lived)
+        self.max_age = max_age
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or not self.match.search(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def buffer(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            assert start is not None
+            await self._finish(scope, start, b"".join(chunks), send)
+
+        await self.app(scope, receive, buffer)
+
+    async def _finish(self, scope: Scope, start: Message, body: bytes, send: Send) -> None:
+        if start["status"] != 200:
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+        etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+        headers = MutableHeaders(raw=list(start["headers"]))
+        headers["etag"] = etag
+        if self.long_lived.search(scope["path"]):
+            headers["cache-control"] = f"public, max-age={self.max_age}"
+        else:
+            headers["cache-control"] = "no-cache"
+        if etag in _if_none_match(scope):
+            del headers["content-length"]
+            del headers["content-type"]
+            await send({"type": "http.response.start", "status": 304, "headers": headers.raw})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({**start, "headers": headers.raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _if_none_match(scope: Scope) -> set[str]:
+    value = Headers(scope=scope).get("if-none-match", "")
+    return {tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip()}

@@ -1,0 +1,89 @@
+"""The image catalogue: upload, list, describe, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from server.dependencies import get_services
+from server.schemas import ImageOut, IngestAccepted, JobOut
+from server.services import Services
+from server.uploads import receive_file
+
+router = APIRouter(prefix="/api/images", tags=["images"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=IngestAccepted,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload a GeoTIFF; it is validated now and converted to a COG in the background",
+)
+async def upload_image(
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    name: Annotated[str | None, Query(max_length=255, description="Display name")] = None,
+) -> IngestAccepted:
+    settings = services.settings
+    upload = await receive_file(request, settings.upload_dir, "file", settings.max_upload_bytes)
+    ticket = await run_in_threadpool(
+        services.ingestor.submit, upload.path, name or upload.filename, remove_source=True
+    )
+    request.app.state.runner.submit(services.ingestor.run, ticket)
+    image = services.images.get(ticket.image_id)
+    job = services.jobs.get(ticket.job_id)
+    return IngestAccepted(image=ImageOut.of(image, str(request.base_url)), job=JobOut.of(job))
+
+
+@router.get("", response_model=list[ImageOut], summary="List images (processing and ready)")
+def list_images(
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    status: Annotated[str | None, Query(pattern="^(processing|ready)$")] = None,
+) -> list[ImageOut]:
+    base = str(request.base_url)
+    return [ImageOut.of(image, base) for image in services.images.list(status)]
+
+
+@router.get("/{image_id}", response_model=ImageOut, summary="Describe one image")
+def get_image(
+    image_id: str, request: Request, services: Annotated[Services, Depends(get_services)]
+) -> ImageOut:
+    return ImageOut.of(services.images.get(image_id), str(request.base_url))
+
+
+@router.delete("/{image_id}", status_code=204, summary="Delete an image and its COG")
+def delete_image(image_id: str, services: Annotated[Services, Depends(get_services)]) -> Response:
+    services.images.delete(image_id)
+    return Response(status_code=204)
+
+
+jobs_router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@jobs_router.get("", response_model=list[JobOut], summary="Recent jobs, newest first")
+def list_jobs(services: Annotated[Services, Depends(get_services)]) -> list[JobOut]:
+    return [JobOut.of(job) for job in services.jobs.list()]
+
+
+@jobs_router.get("/{job_id}", response_model=JobOut, summary="A job's status and progress")
+def get_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> JobOut:
+    return JobOut.of(services.jobs.get(job_id))

@@ -1,0 +1,92 @@
+"""API response models (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from catalog.models import ImageRecord, JobRecord
+from tiles.rendering import default_tile_params
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str
+    progress: float
+    message: str
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    image_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobOut:
+        return cls.model_validate(job, from_attributes=True)
+
+
+class ImageOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    created_at: datetime
+    source_bytes: int | None = None
+    cog_bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    count: int | None = None
+    dtype: str | None = None
+    crs: str | None = None
+    bounds: list[float] | None = None
+    bounds_wgs84: list[float] | None = None
+    gsd: float | None = None
+    resolution: list[float] | None = None
+    nodata: float | None = None
+    mask: str | None = None
+    band_names: list[str] | None = None
+    statistics: dict[str, dict[str, float | None]] | None = None
+    minzoom: int | None = None
+    maxzoom: int | None = None
+    overviews: list[int] | None = None
+    tile_params: str | None = None
+    links: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, image: ImageRecord, base_url: str) -> ImageOut:
+        meta = image.meta or {}
+        fields = {key: meta.get(key) for key in cls.model_fields if key in meta}
+        links: dict[str, str] = {}
+        params = None
+        if image.status == "ready":
+            root = f"{base_url}api/images/{image.id}"
+            params = "&".join(f"{k}={v}" for k, v in default_tile_params(meta))
+            suffix = f"?{params}" if params else ""
+            links = {
+                "self": root,
+                "tiles": f"{root}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png{suffix}",
+                "tilejson": f"{root}/WebMercatorQuad/tilejson.json{suffix}",
+                "wmts": f"{root}/WMTSCapabilities.xml{suffix}",
+                "info": f"{root}/info",
+                "statistics": f"{root}/statistics",
+                "preview": f"{root}/preview.png{suffix}",
+            }
+        return cls(
+            id=image.id,
+            name=image.name,
+            status=image.status,
+            created_at=image.created_at,
+            source_bytes=image.source_bytes,
+            cog_bytes=image.cog_bytes,
+            tile_params=params,
+            links=links,
+            **fields,
+        )
+
+
+class IngestAccepted(BaseModel):
+    image: ImageOut
+    job: JobOut

@@ -1,0 +1,34 @@
+"""Settings from the environment, all prefixed TILEDETECT_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TILEDETECT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Blob store, database and caches live here.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tiledetect.db"
+    )
+    max_upload_bytes: int = Field(20 * 1024**3, description="Largest accepted upload, in bytes.")
+    max_image_bands: int = 32
+    ingest_workers: int = Field(1, ge=1, description="Concurrent background ingests.")
+    tile_cache_seconds: int = Field(
+        86400, description="Cache-Control max-age for tiles; an image id's pixels never change."
+    )
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'tiledetect.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "uploads"

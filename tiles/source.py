@@ -1,0 +1,132 @@
+"""Checks an uploaded raster before any record or file is created for it.
+
+Validation is cheap on purpose (header plus a few sample blocks), so a bad upload is refused
+within the request; the full read happens during COG conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from tiles.errors import (
+    CorruptImageError,
+    NotARasterError,
+    NotGeoreferencedError,
+    UnsupportedFormatError,
+    UnsupportedLayoutError,
+)
+
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+ACCEPTED_DRIVERS = ("GTiff", "COG")
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    max_bands: int = 32
+    max_side: int = 500_000  # pixels; a 50000x50000 mosaic is routine, this is 100x that area
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What ingest needs to know about a validated source raster."""
+
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    has_alpha: bool
+    nodata: float | None
+
+    @property
+    def is_rgb8(self) -> bool:
+        """8-bit RGB(A) imagery: the case JPEG/YCbCr compression suits."""
+        return self.dtype == "uint8" and self.count in (3, 4)
+
+
+def inspect_source(path: str | Path, limits: SourceLimits = SourceLimits()) -> SourceInfo:
+    """Validate a raster file for ingest, raising an InvalidImageError subclass that says why."""
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        raise NotARasterError(f"not a raster file GDAL can read ({_first_line(exc)})") from exc
+    with src:
+        if src.driver not in ACCEPTED_DRIVERS:
+            raise UnsupportedFormatError(
+                f"only GeoTIFF is accepted, this file is {src.driver}; convert it with "
+                "gdal_translate -of GTiff"
+            )
+        _check_georeference(src)
+        _check_layout(src, limits)
+        _check_pixels_readable(src)
+        has_alpha = ColorInterp.alpha in src.colorinterp
+        return SourceInfo(
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs_wkt=src.crs.to_wkt(),
+            has_alpha=has_alpha,
+            nodata=src.nodata,
+        )
+
+
+def _check_georeference(src: rasterio.DatasetReader) -> None:
+    if src.crs is None:
+        if src.gcps[0]:
+            raise NotGeoreferencedError(
+                "the image is georeferenced only by ground control points; warp it to a CRS "
+                "first (gdalwarp)"
+            )
+        raise NotGeoreferencedError("the image has no georeference (no coordinate reference system)")
+    if src.transform.is_identity:
+        raise NotGeoreferencedError("the image has a CRS but no geotransform, so it has no location")
+
+
+def _check_layout(src: rasterio.DatasetReader, limits: SourceLimits) -> None:
+    if src.count < 1:
+        raise UnsupportedLayoutError("the image has no bands")
+    if src.count > limits.max_bands:
+        raise UnsupportedLayoutError(
+            f"the image has {src.count} bands; at most {limits.max_bands} are supported"
+        )
+    if len(set(src.dtypes)) > 1:
+        raise UnsupportedLayoutError(
+            f"the bands have different data types ({', '.join(sorted(set(src.dtypes)))})"
+        )
+    if src.dtypes[0] not in SUPPORTED_DTYPES:
+        raise UnsupportedLayoutError(
+            f"data type {src.dtypes[0]} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+    if src.width < 1 or src.height < 1:
+        raise UnsupportedLayoutError("the image is empty (zero width or height)")
+    if max(src.width, src.height) > limits.max_side:
+        raise UnsupportedLayoutError(
+            f"the image is {src.width}x{src.height} px; at most {limits.max_side} px per side"
+        )
+
+
+def _check_pixels_readable(src: rasterio.DatasetReader) -> None:
+    """Read the first, middle and last blocks: a truncated file fails on the later ones."""
+    block_h, block_w = src.block_shapes[0]
+    rows = sorted({0, (src.height // 2 // block_h) * block_h, ((src.height - 1) // block_h) * block_h})
+    cols = sorted({0, ((src.width - 1) // block_w) * block_w})
+    try:
+        for row in rows:
+            for col in cols:
+                window = Window(col, row, min(block_w, src.width - col), min(block_h, src.height - row))
+                src.read(window=window)
+    except RasterioError as exc:
+        raise CorruptImageError(
+            f"the pixel data cannot be read; the file may be truncated or corrupt ({_first_line(exc)})"
+        ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,1 @@
+"""ONNX detectors: loading, validation, execution providers and post-processing (issue 3)."""

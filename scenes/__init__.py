@@ -1,0 +1,1 @@
+"""Synthetic, deterministic scenes with known objects, for the demo, tests and benchmarks."""

@@ -1,0 +1,184 @@
+"""The `tiledetect` command line: serve, ingest, demo, images.
+
+Commands share the server's settings (TILEDETECT_* environment variables or --data-dir), so
+`tiledetect ingest` writes into the same catalogue a running server reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from catalog.errors import NotFoundError
+from scenes.synthetic import SceneSpec
+from server.services import Services, build_services
+from server.settings import Settings
+from tiles.errors import TileDetectError
+
+app = typer.Typer(
+    help="tiledetect: find objects in huge aerial and satellite images.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where the database and blob store live (default: $TILEDETECT_DATA_DIR or ./data).",
+        show_default=False,
+    ),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir else Settings()
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
+    import os
+
+    import uvicorn
+
+    if data_dir:
+        os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
+    console.print(f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})")
+    uvicorn.run(
+        "server.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="info",
+    )
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="GeoTIFF file(s) to add.", exists=True)],
+    name: Annotated[
+        str | None, typer.Option(help="Display name (default: the file name).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Validate GeoTIFFs, convert them to Cloud-Optimized GeoTIFFs and add them to the catalogue."""
+    if name and len(files) > 1:
+        raise typer.BadParameter("--name applies to a single file")
+    services = build_services(_settings(data_dir))
+    failed = 0
+    try:
+        for path in files:
+            try:
+                ticket = services.ingestor.submit(path, name or path.name)
+            except TileDetectError as exc:
+                console.print(f"[red]{path}: {exc}")
+                failed += 1
+                continue
+            with _progress_bar() as bar:
+                task = bar.add_task(f"ingesting {path.name}", total=1.0)
+                image = services.ingestor.run(
+                    ticket, progress=lambda f, t=task: bar.update(t, completed=f)
+                )
+            typer.echo(json.dumps({"id": image.id, "name": image.name, "status": image.status}))
+    finally:
+        services.close()
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    size: Annotated[int, typer.Option(help="Scene width and height in pixels.", min=256)] = 8192,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same scene.")] = 0,
+    force: Annotated[bool, typer.Option(help="Regenerate even if the demo exists.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Make the synthetic demo scene (0.3 m, trees, buildings, cars) with its ground truth, and
+    ingest it. Quick when it already exists."""
+    from server.demo import ensure_demo
+
+    services = build_services(_settings(data_dir))
+    spec = SceneSpec(width=size, height=size, seed=seed)
+    try:
+        with _progress_bar() as bar:
+            tasks: dict[str, int] = {}
+
+            def report(stage: str, fraction: float) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=1.0)
+                bar.update(tasks[stage], completed=fraction)
+
+            result = ensure_demo(services, spec, force=force, progress=report)
+    finally:
+        services.close()
+    state = "generated and ingested" if result.generated else (
+        "ingested" if result.ingested else "already present"
+    )
+    console.print(f"demo {state}: image {result.image_id}, truth in {result.files.truth}")
+    typer.echo(json.dumps({"image_id": result.image_id, "truth": str(result.files.truth),
+                           "counts": result.counts}))
+
+
+images_app = typer.Typer(help="Look at and manage the image catalogue.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+
+@images_app.command("list")
+def images_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List images with their status."""
+    services = build_services(_settings(data_dir))
+    try:
+        records = services.images.list()
+    finally:
+        services.close()
+    if as_json:
+        for r in records:
+            typer.echo(json.dumps({"id": r.id, "name": r.name, "status": r.status}))
+        return
+    table = Table("id", "name", "status", "size", "gsd (m)")
+    for r in records:
+        meta = r.meta or {}
+        size = f"{meta['width']}x{meta['height']}" if "width" in meta else ""
+        table.add_row(r.id, r.name, r.status, size, f"{r.gsd:.3f}" if r.gsd else "")
+    Console().print(table)
+
+
+@images_app.command("delete")
+def images_delete(image_id: str, data_dir: DataDir = None) -> None:
+    """Delete an image and its COG."""
+    services: Services = build_services(_settings(data_dir))
+    try:
+        services.images.delete(image_id)
+    except (NotFoundError, TileDetectError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+
+
+def main() -> None:
+    app()

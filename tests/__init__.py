@@ -1,0 +1,1 @@
+"""tiledetect test suite."""

@@ -1,0 +1,209 @@
+"""Shared fixtures: GeoTIFFs the tests make themselves, an app on a temporary data dir, and a real
+uvicorn server on loopback for clients that speak HTTP (GDAL, OWSLib, the CLI beside a server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from fastapi.testclient import TestClient
+from rasterio.transform import from_origin
+
+from server.app import create_app
+from server.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# A 0.3 m UTM image and a 16-bit image in geographic coordinates: two CRSs, two dtypes.
+RGB_ORIGIN = (500000.0, 5400000.0)
+RGB_GSD = 0.3
+DEM_ORIGIN = (15.0, 48.76)
+DEM_RES = 0.00002
+
+
+def rgb_pattern(width: int, height: int) -> np.ndarray:
+    """Smooth gradients plus bright squares: JPEG keeps it close, and misplacement shows."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    red = (xx * 255 // max(width - 1, 1)).astype(np.uint8)
+    green = (yy * 255 // max(height - 1, 1)).astype(np.uint8)
+    blue = np.where(((xx // 128) + (yy // 128)) % 2 == 0, 200, 40).astype(np.uint8)
+    return np.stack([red, green, blue])
+
+
+def write_rgb_tif(path: Path, width: int = 1024, height: int = 1024, **extra) -> Path:
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(*RGB_ORIGIN, RGB_GSD, RGB_GSD),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "photometric": "RGB",
+        **extra,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(rgb_pattern(width, height))
+    return path
+
+
+def write_dem_tif(path: Path, width: int = 600, height: int = 400) -> Path:
+    """Single-band uint16 with nodata in one corner, like an elevation or thermal product."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    data = (1000 + 20 * xx + 10 * yy).astype(np.uint16)
+    data[:50, :50] = 0
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:4326",
+        transform=from_origin(*DEM_ORIGIN, DEM_RES, DEM_RES),
+        nodata=0,
+    ) as dst:
+        dst.write(data, 1)
+    return path
+
+
+@pytest.fixture
+def rgb_tif(tmp_path: Path) -> Path:
+    return write_rgb_tif(tmp_path / "rgb.tif")
+
+
+@pytest.fixture
+def dem_tif(tmp_path: Path) -> Path:
+    return write_dem_tif(tmp_path / "dem.tif")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", max_upload_bytes=64 * 1024**2)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def wait_for_job(client, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
+def upload(client, path: Path, name: str | None = None) -> dict:
+    """Upload through the API, wait for the ingest job, and return the ready image."""
+    with open(path, "rb") as handle:
+        params = {"name": name} if name else None
+        response = client.post(
+            "/api/images", files={"file": (path.name, handle, "image/tiff")}, params=params
+        )
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job"]["id"])
+    assert job["status"] == "succeeded", job
+    image = client.get(f"/api/images/{job['result']['image_id']}").json()
+    assert image["status"] == "ready"
+    return image
+
+
+@pytest.fixture
+def rgb_image(client, rgb_tif) -> dict:
+    return upload(client, rgb_tif)
+
+
+@pytest.fixture
+def dem_image(client, dem_tif) -> dict:
+    return upload(client, dem_tif)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kwargs)
+
+
+def start_server(data_dir: Path, log_path: Path) -> LiveServer:
+    """`tiledetect serve` in a subprocess, as a user would start it; waits for /healthz."""
+    port = free_port()
+    env = {**os.environ, "TILEDETECT_DATA_DIR": str(data_dir)}
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
+    process = subprocess.Popen(
+        [str(BIN / "tiledetect"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {log_path.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return LiveServer(url, data_dir, process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"server did not become ready: {log_path.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("live")
+    server = start_server(root / "data", root / "server.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def run_cli(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "tiledetect"), *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

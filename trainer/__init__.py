@@ -1,0 +1,1 @@
+"""Training custom detectors from annotations and exporting them to ONNX (issue 4)."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
+from typing import Annotated
 
+import morecantile
+from fastapi import Depends, Path
+from morecantile.errors import InvalidZoomError
 from rio_tiler.io import Reader
 from titiler.core.factory import TilerFactory
 from titiler.extensions.wmts import wmtsExtension
@@ -11,11 +15,31 @@ from titiler.extensions.wmts import wmtsExtension
 from server.dependencies import image_cog_path
 
 IMAGE_PREFIX = "/api/images/{image_id}"
+# Any concrete path matching the tile routes selects them for the zoom check.
+_TILE_ROUTES = [
+    {"path": "/tiles/WebMercatorQuad/0/0/0", "method": "GET"},
+    {"path": "/tiles/WebMercatorQuad/0/0/0.png", "method": "GET"},
+]
 
 
 def _layer_identifier(cog_path: str) -> str:
     """Per-image WMTS layers are named by image id, never by the file path behind it."""
-    return Path(cog_path).stem
+    return FilePath(cog_path).stem
+
+
+def zoom_in_grid(
+    tileMatrixSetId: Annotated[str, Path()],  # noqa: N803 - titiler's path parameter name
+    z: Annotated[int, Path()],
+) -> None:
+    """A zoom level the grid does not have gets a message naming the levels it does have."""
+    if tileMatrixSetId not in morecantile.tms.list():
+        return  # titiler's own validation names the grids it knows
+    grid = morecantile.tms.get(tileMatrixSetId)
+    if not grid.minzoom <= z <= grid.maxzoom:
+        raise InvalidZoomError(
+            f"zoom {z} is out of range: {tileMatrixSetId} has zoom levels "
+            f"{grid.minzoom} to {grid.maxzoom}"
+        )
 
 
 def imagery_factory() -> TilerFactory:
@@ -25,4 +49,5 @@ def imagery_factory() -> TilerFactory:
         router_prefix=IMAGE_PREFIX,
         add_viewer=False,  # titiler's viewer loads its scripts from a CDN; static/ has ours
         extensions=[wmtsExtension(layer_identifier_provider=_layer_identifier)],
+        route_dependencies=[(_TILE_ROUTES, [Depends(zoom_in_grid)])],
     )

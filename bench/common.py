@@ -20,8 +20,15 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS_DIR = REPO / "bench" / "results"
-UVICORN_FLAGS = ["--host", "127.0.0.1", "--workers", "1", "--log-level", "warning",
-                 "--no-access-log"]
+UVICORN_FLAGS = [
+    "--host",
+    "127.0.0.1",
+    "--workers",
+    "1",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
 
 
 class BenchError(RuntimeError):

@@ -63,9 +63,8 @@ class Server:
 
     def tile_url(self, tile: morecantile.Tile) -> str:
         path = self.tile_path.format(z=tile.z, x=tile.x, y=tile.y)
-        return f"{self.base_url}{path}?{urlencode(self.query)}" if self.query else (
-            f"{self.base_url}{path}"
-        )
+        query = f"?{urlencode(self.query)}" if self.query else ""
+        return f"{self.base_url}{path}{query}"
 
 
 @dataclass
@@ -90,8 +89,11 @@ class Measurements:
 def make_scene(workdir: Path) -> Path:
     """The synthetic aerial scene, written as a plain GeoTIFF to be ingested."""
     tif = workdir / "scene.tif"
-    write_scene(SceneSpec(width=SCENE_SIZE, height=SCENE_SIZE, seed=SCENE_SEED), tif,
-                workdir / "scene.geojson")
+    write_scene(
+        SceneSpec(width=SCENE_SIZE, height=SCENE_SIZE, seed=SCENE_SEED),
+        tif,
+        workdir / "scene.geojson",
+    )
     return tif
 
 
@@ -99,7 +101,9 @@ def ingest(tif: Path, data_dir: Path) -> str:
     """`tiledetect ingest`, as a user runs it; returns the new image id."""
     done = subprocess.run(
         [str(BIN / "tiledetect"), "ingest", str(tif), "--data-dir", str(data_dir)],
-        capture_output=True, text=True, env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
     )
     if done.returncode != 0:
         raise BenchError(f"tiledetect ingest failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -201,9 +205,7 @@ def new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=120)
 
 
-async def measure(
-    servers: list[Server], tiles: list[morecantile.Tile]
-) -> dict[str, Measurements]:
+async def measure(servers: list[Server], tiles: list[morecantile.Tile]) -> dict[str, Measurements]:
     """Warm both up, then alternate full rounds A, B, A, B, ... over the sampled tiles."""
     results = {server.name: Measurements() for server in servers}
     async with new_client() as client:
@@ -232,16 +234,22 @@ def ratios(ours: dict[str, float], bare: dict[str, float]) -> dict[str, float | 
 def report(context: dict, summaries: dict[str, dict], ratio: dict) -> None:
     """One line per figure, `imagery_tiles <figure> key=value ...`."""
     info = context["machine"]
-    print(f"{NAME} machine cpus={info['cpus']} model=\"{info['cpu_model']}\" "
-          f"tiles={TILE_COUNT} concurrency={CONCURRENCY} rounds={ROUNDS} "
-          f"zoom={context['zoom']} scene={SCENE_SIZE}x{SCENE_SIZE}")
+    print(
+        f'{NAME} machine cpus={info["cpus"]} model="{info["cpu_model"]}" '
+        f"tiles={TILE_COUNT} concurrency={CONCURRENCY} rounds={ROUNDS} "
+        f"zoom={context['zoom']} scene={SCENE_SIZE}x{SCENE_SIZE}"
+    )
     for name, s in summaries.items():
         rounds = ",".join(f"{v:.1f}" for v in s["tiles_per_s_rounds"])
-        print(f"{NAME} {name} tiles_per_s={s['tiles_per_s']:.1f} p50_ms={s['p50_ms']:.1f} "
-              f"p95_ms={s['p95_ms']:.1f} rounds_tiles_per_s={rounds}")
+        print(
+            f"{NAME} {name} tiles_per_s={s['tiles_per_s']:.1f} p50_ms={s['p50_ms']:.1f} "
+            f"p95_ms={s['p95_ms']:.1f} rounds_tiles_per_s={rounds}"
+        )
     verdict = "OK" if ratio["met"] else "MISSED"
-    print(f"{NAME} ratio tiles_per_s={ratio['tiles_per_s']:.2f}x (target >= {TARGET_THROUGHPUT}x) "
-          f"p95={ratio['p95']:.2f}x (target <= {TARGET_P95}x) {verdict}")
+    print(
+        f"{NAME} ratio tiles_per_s={ratio['tiles_per_s']:.2f}x (target >= {TARGET_THROUGHPUT}x) "
+        f"p95={ratio['p95']:.2f}x (target <= {TARGET_P95}x) {verdict}"
+    )
 
 
 def run(workdir: Path) -> dict:
@@ -251,28 +259,51 @@ def run(workdir: Path) -> dict:
     cog = cog_path(data_dir, image_id)
     prime_page_cache(cog)
     with ExitStack() as stack:
-        ours_url = stack.enter_context(uvicorn_server(
-            "server.app:create_app", workdir, "/healthz", factory=True,
-            TILEDETECT_DATA_DIR=str(data_dir),
-        ))
-        bare_url = stack.enter_context(uvicorn_server(
-            "bench.bare_titiler:app", workdir, "/info?" + urlencode({"url": str(cog)}),
-        ))
+        ours_url = stack.enter_context(
+            uvicorn_server(
+                "server.app:create_app",
+                workdir,
+                "/healthz",
+                factory=True,
+                TILEDETECT_DATA_DIR=str(data_dir),
+            )
+        )
+        bare_url = stack.enter_context(
+            uvicorn_server(
+                "bench.bare_titiler:app",
+                workdir,
+                "/info?" + urlencode({"url": str(cog)}),
+            )
+        )
         image = image_record(ours_url, image_id)
         params = [tuple(p.split("=", 1)) for p in (image.get("tile_params") or "").split("&") if p]
         servers = [
-            Server("tiledetect", ours_url,
-                   f"/api/images/{image_id}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png", params),
-            Server("bare_titiler", bare_url, "/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
-                   [("url", str(cog)), *params]),
+            Server(
+                "tiledetect",
+                ours_url,
+                f"/api/images/{image_id}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png",
+                params,
+            ),
+            Server(
+                "bare_titiler",
+                bare_url,
+                "/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
+                [("url", str(cog)), *params],
+            ),
         ]
         measured = asyncio.run(measure(servers, sample_tiles(image)))
     summaries = {name: m.summary() for name, m in measured.items()}
     return {
         "machine": machine(),
         "zoom": image["maxzoom"],
-        "settings": {"scene": SCENE_SIZE, "seed": SCENE_SEED, "tiles": TILE_COUNT,
-                     "concurrency": CONCURRENCY, "rounds": ROUNDS, "warmup": WARMUP_TILES},
+        "settings": {
+            "scene": SCENE_SIZE,
+            "seed": SCENE_SEED,
+            "tiles": TILE_COUNT,
+            "concurrency": CONCURRENCY,
+            "rounds": ROUNDS,
+            "warmup": WARMUP_TILES,
+        },
         "servers": summaries,
         "ratio": ratios(summaries["tiledetect"], summaries["bare_titiler"]),
     }

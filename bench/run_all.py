@@ -50,8 +50,10 @@ def main() -> int:
         return 1
     start = time.monotonic()
     failed = [name for name in names if not run_one(name)]
-    print(f"run_all total {time.monotonic() - start:.1f}s, {len(names)} benchmark(s), "
-          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    print(
+        f"run_all total {time.monotonic() - start:.1f}s, {len(names)} benchmark(s), "
+        f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}"
+    )
     return 1 if failed else 0
 
 

@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, one per line
 
 DataDir = Annotated[
     Path | None,
@@ -58,6 +58,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
@@ -69,8 +71,13 @@ def serve(
         os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
     console.print(f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})")
     uvicorn.run(
-        "server.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info",
+        "server.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
     )
 
 

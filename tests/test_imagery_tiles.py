@@ -170,16 +170,24 @@ def test_service_wmts_lists_every_ready_image(client, rgb_image, dem_image):
         layer.find("ows:Identifier", WMTS_NS).text: layer
         for layer in root.findall(".//wmts:Contents/wmts:Layer", WMTS_NS)
     }
-    assert set(layers) == {f"image-{rgb_image['id']}", f"image-{dem_image['id']}"}
-    links = layers[f"image-{rgb_image['id']}"].findall(".//wmts:TileMatrixSet", WMTS_NS)
-    assert {link.text for link in links} >= {"WebMercatorQuad", "WGS1984Quad"}
+    assert set(layers) == {
+        f"image-{rgb_image['id']}",
+        f"image-{rgb_image['id']}-WGS1984Quad",
+        f"image-{dem_image['id']}",
+        f"image-{dem_image['id']}-WGS1984Quad",
+    }
     template = layers[f"image-{dem_image['id']}"].find("wmts:ResourceURL", WMTS_NS).get("template")
+    assert f"/api/images/{dem_image['id']}/tiles/WebMercatorQuad/{{TileMatrix}}/" in template
     assert "rescale=" in template  # 16-bit layers come pre-stretched for GIS clients
-    tile_matrix_sets = {
-        tms.find("ows:Identifier", WMTS_NS).text
+    # Each layer's grid holds exactly the image's zoom levels, so clients read at native detail.
+    grids = {
+        tms.find("ows:Identifier", WMTS_NS).text: tms
         for tms in root.findall("wmts:Contents/wmts:TileMatrixSet", WMTS_NS)
     }
-    assert tile_matrix_sets >= {"WebMercatorQuad", "WGS1984Quad"}
+    matrices = grids[f"image-{rgb_image['id']}"].findall("wmts:TileMatrix", WMTS_NS)
+    levels = [int(m.find("ows:Identifier", WMTS_NS).text) for m in matrices]
+    assert levels == list(range(rgb_image["minzoom"], rgb_image["maxzoom"] + 1))
+    assert "4326" in grids[f"image-{rgb_image['id']}-WGS1984Quad"].find("ows:SupportedCRS", WMTS_NS).text
 
     client.delete(f"/api/images/{dem_image['id']}")
     after = client.get("/wmts/WMTSCapabilities.xml").text

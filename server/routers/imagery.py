@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path as FilePath
 from typing import Annotated
 
@@ -27,18 +28,26 @@ def _layer_identifier(cog_path: str) -> str:
     return FilePath(cog_path).stem
 
 
-def zoom_in_grid(
+@lru_cache(maxsize=64)
+def _zoom_range(tms_id: str) -> tuple[int, int] | None:
+    # morecantile's registry deep-copies a grid on every get(): look each one up once.
+    if tms_id not in morecantile.tms.list():
+        return None
+    grid = morecantile.tms.get(tms_id)
+    return grid.minzoom, grid.maxzoom
+
+
+async def zoom_in_grid(
     tileMatrixSetId: Annotated[str, Path()],  # noqa: N803 - titiler's path parameter name
     z: Annotated[int, Path()],
 ) -> None:
     """A zoom level the grid does not have gets a message naming the levels it does have."""
-    if tileMatrixSetId not in morecantile.tms.list():
+    zooms = _zoom_range(tileMatrixSetId)
+    if zooms is None:
         return  # titiler's own validation names the grids it knows
-    grid = morecantile.tms.get(tileMatrixSetId)
-    if not grid.minzoom <= z <= grid.maxzoom:
+    if not zooms[0] <= z <= zooms[1]:
         raise InvalidZoomError(
-            f"zoom {z} is out of range: {tileMatrixSetId} has zoom levels "
-            f"{grid.minzoom} to {grid.maxzoom}"
+            f"zoom {z} is out of range: {tileMatrixSetId} has zoom levels {zooms[0]} to {zooms[1]}"
         )
 
 

@@ -27,27 +27,41 @@ async def service_capabilities(
 ) -> Response:
     base = str(request.base_url)
     images = await run_in_threadpool(services.images.list, ImageStatus.READY)
-    layers = [_image_layer(image, base) for image in images if image.meta]
+    layers = [layer for image in images if image.meta for layer in _image_layers(image, base)]
     url = f"{base}wmts/WMTSCapabilities.xml"
     xml = await run_in_threadpool(render_capabilities, layers, url)
     return Response(xml, media_type="application/xml")
 
 
-def _image_layer(image, base: str) -> WmtsLayer:
+DEFAULT_GRID = "WebMercatorQuad"  # what web maps and most GIS projects use
+
+
+def layer_identifier(image_id: str, tms_id: str) -> str:
+    """`image-{id}` on the default grid, `image-{id}-{grid}` on the others."""
+    suffix = "" if tms_id == DEFAULT_GRID else f"-{tms_id}"
+    return f"image-{image_id}{suffix}"
+
+
+def _image_layers(image, base: str) -> list[WmtsLayer]:
     meta = image.meta
     params = "&".join(f"{k}={v}" for k, v in default_tile_params(meta))
-    template = (
-        f"{base}api/images/{image.id}/tiles/{{TileMatrixSet}}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png"
-        + (f"?{params}" if params else "")
+    query = f"?{params}" if params else ""
+    abstract = (
+        f"{meta['width']}x{meta['height']} px, {meta['count']} band(s) {meta['dtype']}, "
+        f"{meta['gsd']:.3g} m/px, {meta['crs']}"
     )
-    return WmtsLayer(
-        identifier=f"image-{image.id}",
-        title=image.name,
-        abstract=(
-            f"{meta['width']}x{meta['height']} px, {meta['count']} band(s) {meta['dtype']}, "
-            f"{meta['gsd']:.3g} m/px, {meta['crs']}"
-        ),
-        bounds=tuple(meta["bounds_wgs84"]),
-        zooms={tms_id: tuple(z) for tms_id, z in meta["zooms"].items()},
-        url_template=template,
-    )
+    return [
+        WmtsLayer(
+            identifier=layer_identifier(image.id, tms_id),
+            title=image.name if tms_id == DEFAULT_GRID else f"{image.name} ({tms_id})",
+            abstract=abstract,
+            bounds=tuple(meta["bounds_wgs84"]),
+            tms_id=tms_id,
+            zooms=tuple(zooms),
+            url_template=(
+                f"{base}api/images/{image.id}/tiles/{tms_id}/"
+                f"{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png{query}"
+            ),
+        )
+        for tms_id, zooms in meta["zooms"].items()
+    ]

@@ -29,7 +29,7 @@ class LocalBlobStore:
         return str(self.path(key))
 
     def staging_path(self, key: str) -> Path:
-        """A private temporary path next to the key's final place (same filesystem: atomic rename)."""
+        """A private temp path beside the final one (same filesystem, so the rename is atomic)."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")

@@ -1,1 +1,1 @@
-"""The HTTP server and CLI: settings, app wiring, routers. Domain logic lives in the other packages."""
+"""The HTTP server and CLI: settings, app wiring, routers. Domain logic lives elsewhere."""

@@ -14,7 +14,7 @@ from catalog.ingest import recover_interrupted
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
 from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
-from server.routers import images, imagery, wmts
+from server.routers import imagery, images, wmts
 from server.services import build_services
 from server.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Runs long jobs off the request path. Ingest uses threads: GDAL releases the GIL while it works."""
+"""Runs long jobs off the request path, in threads: GDAL releases the GIL while it works."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class BackgroundRunner:
         return future
 
     def shutdown(self) -> None:
-        # Queued jobs are dropped; the next start marks them failed (catalog.ingest.recover_interrupted).
+        # Queued jobs are dropped; the next start marks them failed (recover_interrupted).
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -69,7 +69,9 @@ def serve(
 
     if data_dir:
         os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
-    console.print(f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})")
+    console.print(
+        f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})"
+    )
     uvicorn.run(
         "server.app:create_app",
         factory=True,
@@ -84,9 +86,7 @@ def serve(
 @app.command()
 def ingest(
     files: Annotated[list[Path], typer.Argument(help="GeoTIFF file(s) to add.", exists=True)],
-    name: Annotated[
-        str | None, typer.Option(help="Display name (default: the file name).")
-    ] = None,
+    name: Annotated[str | None, typer.Option(help="Display name (default: the file name).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Validate GeoTIFFs, convert them to Cloud-Optimized GeoTIFFs and add them to the catalogue."""
@@ -139,12 +139,17 @@ def demo(
             result = ensure_demo(services, spec, force=force, progress=report)
     finally:
         services.close()
-    state = "generated and ingested" if result.generated else (
-        "ingested" if result.ingested else "already present"
+    state = (
+        "generated and ingested"
+        if result.generated
+        else ("ingested" if result.ingested else "already present")
     )
     console.print(f"demo {state}: image {result.image_id}, truth in {result.files.truth}")
-    typer.echo(json.dumps({"image_id": result.image_id, "truth": str(result.files.truth),
-                           "counts": result.counts}))
+    typer.echo(
+        json.dumps(
+            {"image_id": result.image_id, "truth": str(result.files.truth), "counts": result.counts}
+        )
+    )
 
 
 images_app = typer.Typer(help="Look at and manage the image catalogue.", no_args_is_help=True)

@@ -6,6 +6,7 @@ the files and the catalogue entry are still there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -54,7 +55,7 @@ def demo_files(services: Services) -> DemoFiles:
 def ensure_demo(
     services: Services, spec: SceneSpec, *, force: bool = False, progress: Progress | None = None
 ) -> DemoResult:
-    """Generate the scene if missing or made from another spec; ingest it if not in the catalogue."""
+    """Generate the scene if missing or from another spec; ingest it if not in the catalogue."""
     report = progress or (lambda _stage, _fraction: None)
     files = demo_files(services)
     manifest = _read_manifest(files)
@@ -92,10 +93,8 @@ def _is_ready(services: Services, image_id: str | None) -> bool:
 
 
 def _forget(services: Services, image_id: str) -> None:
-    try:
+    with contextlib.suppress(NotFoundError):
         services.images.delete(image_id)
-    except NotFoundError:
-        pass
 
 
 def _read_manifest(files: DemoFiles) -> dict:

@@ -10,7 +10,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # titiler 2 takes ?tilesize=; web maps still ask for retina tiles as .../{y}@2x.png.
-_SCALE_SUFFIX = re.compile(r"^(?P<head>.*/tiles/[^/]+/\d+/\d+/\d+)@(?P<scale>[1-4])x(?P<ext>\.\w+)?$")
+_SCALE_SUFFIX = re.compile(
+    r"^(?P<head>.*/tiles/[^/]+/\d+/\d+/\d+)@(?P<scale>[1-4])x(?P<ext>\.\w+)?$"
+)
 TILE_SIZE = 256
 
 
@@ -28,8 +30,9 @@ class TileScaleSuffixMiddleware:
                 if not any(key == "tilesize" for key, _ in query):
                     query.append(("tilesize", str(TILE_SIZE * int(match["scale"]))))
                 path = match["head"] + (match["ext"] or "")
-                scope = dict(scope, path=path, raw_path=path.encode(),
-                             query_string=urlencode(query).encode())
+                scope = dict(
+                    scope, path=path, raw_path=path.encode(), query_string=urlencode(query).encode()
+                )
         await self.app(scope, receive, send)
 
 

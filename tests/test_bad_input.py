@@ -19,8 +19,11 @@ def assert_nothing_stored(client, settings: Settings) -> None:
     assert client.get("/api/images").json() == []
     assert client.get("/api/jobs").json() == []
     leftovers = [
-        p for root in (settings.blob_dir, settings.upload_dir) if root.exists()
-        for p in root.rglob("*") if p.is_file()
+        p
+        for root in (settings.blob_dir, settings.upload_dir)
+        if root.exists()
+        for p in root.rglob("*")
+        if p.is_file()
     ]
     assert leftovers == []
 
@@ -46,8 +49,15 @@ def no_georeference(tmp_path: Path) -> bytes:
 def complex_dtype(tmp_path: Path) -> bytes:
     path = tmp_path / "complex.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", width=64, height=64, count=1, dtype="complex64",
-        crs="EPSG:32633", transform=from_origin(500000, 5400000, 1, 1),
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="complex64",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5400000, 1, 1),
     ) as dst:
         dst.write(np.ones((1, 64, 64), np.complex64))
     return path.read_bytes()
@@ -56,8 +66,15 @@ def complex_dtype(tmp_path: Path) -> bytes:
 def too_many_bands(tmp_path: Path) -> bytes:
     path = tmp_path / "hyperspectral.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", width=32, height=32, count=40, dtype="uint16",
-        crs="EPSG:32633", transform=from_origin(500000, 5400000, 1, 1),
+        path,
+        "w",
+        driver="GTiff",
+        width=32,
+        height=32,
+        count=40,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5400000, 1, 1),
     ) as dst:
         dst.write(np.ones((40, 32, 32), np.uint16))
     return path.read_bytes()

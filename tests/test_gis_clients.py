@@ -49,7 +49,9 @@ def test_cli_ingest_is_seen_by_the_running_server(live_server, ingested):
 def test_gdalinfo_lists_every_layer(live_server, ingested):
     out = subprocess.run(
         ["gdalinfo", f"WMTS:{capabilities_url(live_server)}"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert f"layer=image-{ingested['id']}" in out.stdout
@@ -79,8 +81,13 @@ def test_gdal_reads_pixels_that_match_the_source(live_server, ingested, source_t
         transform = wmts.window_transform(window)
         expected = np.zeros_like(served)
         reproject(
-            src.read(), expected, src_transform=src.transform, src_crs=src.crs,
-            dst_transform=transform, dst_crs=wmts.crs, resampling=Resampling.bilinear,
+            src.read(),
+            expected,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=wmts.crs,
+            resampling=Resampling.bilinear,
         )
     assert served.shape[1] > 200 and served.shape[2] > 200
     difference = np.abs(served.astype(int) - expected.astype(int))
@@ -105,8 +112,12 @@ def test_owslib_lists_layers_and_fetches_a_tile(live_server, ingested, source_ti
     tms = morecantile.tms.get("WebMercatorQuad")
     tile = tms.tile((west + east) / 2, (south + north) / 2, image["maxzoom"])
     response = service.gettile(
-        layer=layer_id, tilematrixset=layer_id, tilematrix=str(tile.z),
-        row=tile.y, column=tile.x, format="image/png",
+        layer=layer_id,
+        tilematrixset=layer_id,
+        tilematrix=str(tile.z),
+        row=tile.y,
+        column=tile.x,
+        format="image/png",
     )
     with MemoryFile(BytesIO(response.read())) as memfile, memfile.open() as png:
         pixels = png.read()
@@ -114,8 +125,12 @@ def test_owslib_lists_layers_and_fetches_a_tile(live_server, ingested, source_ti
     expected = np.zeros((3, 256, 256), np.uint8)
     with rasterio.open(source_tif) as src:
         reproject(
-            src.read(), expected, src_transform=src.transform, src_crs=src.crs,
+            src.read(),
+            expected,
+            src_transform=src.transform,
+            src_crs=src.crs,
             dst_transform=rasterio.transform.from_bounds(*tms.xy_bounds(tile), 256, 256),
-            dst_crs="EPSG:3857", resampling=Resampling.bilinear,
+            dst_crs="EPSG:3857",
+            resampling=Resampling.bilinear,
         )
     assert np.median(np.abs(pixels[:3].astype(int) - expected.astype(int))) <= 4

@@ -34,14 +34,20 @@ def expected_pixels(source_path, tile: morecantile.Tile, size: int = 256) -> np.
     out = np.zeros((3, size, size), np.uint8)
     with rasterio.open(source_path) as src:
         reproject(
-            src.read(), out, src_transform=src.transform, src_crs=src.crs,
-            dst_transform=transform, dst_crs="EPSG:3857", resampling=Resampling.bilinear,
+            src.read(),
+            out,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:3857",
+            resampling=Resampling.bilinear,
         )
     return out
 
 
 @pytest.mark.parametrize(
-    ("extension", "driver", "bands"), [("png", "PNG", {4}), ("jpg", "JPEG", {3}), ("webp", "WEBP", {3, 4})]
+    ("extension", "driver", "bands"),
+    [("png", "PNG", {4}), ("jpg", "JPEG", {3}), ("webp", "WEBP", {3, 4})],
 )
 def test_xyz_tile_formats_match_the_source(client, rgb_image, rgb_tif, extension, driver, bands):
     tile = centre_tile(rgb_image, rgb_image["maxzoom"])
@@ -76,7 +82,9 @@ def test_edge_tile_is_transparent_outside_the_image(client, rgb_image):
     west, _south, _east, north = rgb_image["bounds_wgs84"]
     tile = WEB_MERCATOR.tile(west, north, rgb_image["maxzoom"])
     pixels, _ = decode(
-        client.get(f"/api/images/{rgb_image['id']}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png").content
+        client.get(
+            f"/api/images/{rgb_image['id']}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png"
+        ).content
     )
     alpha = pixels[3]
     assert 0 < (alpha == 255).mean() < 1  # part image, part transparent
@@ -105,7 +113,9 @@ def test_uint16_single_band_with_rescale_and_colormap(client, dem_image):
     data, profile = decode(raw.content)
     assert profile["dtype"] == "uint16"  # GeoTIFF keeps the native values
 
-    stretched = client.get(f"{base}.png", params={"rescale": "1000,17000", "colormap_name": "viridis"})
+    stretched = client.get(
+        f"{base}.png", params={"rescale": "1000,17000", "colormap_name": "viridis"}
+    )
     assert stretched.status_code == 200, stretched.text
     pixels, profile = decode(stretched.content)
     assert profile["dtype"] == "uint8" and profile["count"] == 4  # RGBA from the colormap
@@ -131,7 +141,10 @@ def test_tilejson(client, rgb_image):
     assert tilejson["minzoom"] == rgb_image["minzoom"]
     assert tilejson["maxzoom"] == rgb_image["maxzoom"]
     assert tilejson["bounds"] == pytest.approx(rgb_image["bounds_wgs84"])
-    assert f"/api/images/{rgb_image['id']}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}" in tilejson["tiles"][0]
+    assert (
+        f"/api/images/{rgb_image['id']}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}"
+        in tilejson["tiles"][0]
+    )
 
 
 def test_info_statistics_and_preview(client, rgb_image):
@@ -187,7 +200,10 @@ def test_service_wmts_lists_every_ready_image(client, rgb_image, dem_image):
     matrices = grids[f"image-{rgb_image['id']}"].findall("wmts:TileMatrix", WMTS_NS)
     levels = [int(m.find("ows:Identifier", WMTS_NS).text) for m in matrices]
     assert levels == list(range(rgb_image["minzoom"], rgb_image["maxzoom"] + 1))
-    assert "4326" in grids[f"image-{rgb_image['id']}-WGS1984Quad"].find("ows:SupportedCRS", WMTS_NS).text
+    assert (
+        "4326"
+        in grids[f"image-{rgb_image['id']}-WGS1984Quad"].find("ows:SupportedCRS", WMTS_NS).text
+    )
 
     client.delete(f"/api/images/{dem_image['id']}")
     after = client.get("/wmts/WMTSCapabilities.xml").text

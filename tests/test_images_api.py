@@ -38,12 +38,19 @@ def test_upload_runs_a_job_and_describes_the_image(client, settings, rgb_tif):
 
     image = client.get(f"/api/images/{image_id}").json()
     assert image["status"] == "ready"
-    assert (image["width"], image["height"], image["count"], image["dtype"]) == (1024, 1024, 3, "uint8")
+    assert (image["width"], image["height"], image["count"], image["dtype"]) == (
+        1024,
+        1024,
+        3,
+        "uint8",
+    )
     assert image["crs"] == "EPSG:32633"
     assert abs(image["gsd"] - 0.3) < 1e-6
     assert len(image["bounds"]) == 4 and len(image["bounds_wgs84"]) == 4
     assert set(image["statistics"]) == {"b1", "b2", "b3"}
-    assert image["links"]["tilejson"].endswith(f"/api/images/{image_id}/WebMercatorQuad/tilejson.json")
+    assert image["links"]["tilejson"].endswith(
+        f"/api/images/{image_id}/WebMercatorQuad/tilejson.json"
+    )
     # The upload itself is gone once the COG exists; only the COG remains.
     assert stored_files(settings) == [f"blobs/images/{image_id}/{image_id}.tif"]
     assert image["cog_bytes"] > 0

@@ -57,7 +57,12 @@ def test_rgb_becomes_a_jpeg_ycbcr_cog_with_overviews(ingestor, tmp_path):
     meta = record.meta
     assert meta["crs"] == "EPSG:32633"
     assert meta["bounds"] == pytest.approx(
-        [RGB_ORIGIN[0], RGB_ORIGIN[1] - 1536 * RGB_GSD, RGB_ORIGIN[0] + 2048 * RGB_GSD, RGB_ORIGIN[1]]
+        [
+            RGB_ORIGIN[0],
+            RGB_ORIGIN[1] - 1536 * RGB_GSD,
+            RGB_ORIGIN[0] + 2048 * RGB_GSD,
+            RGB_ORIGIN[1],
+        ]
     )
     west, south, east, north = meta["bounds_wgs84"]
     assert 14.99 < west < east < 15.05 and 48.7 < south < north < 48.8
@@ -100,9 +105,17 @@ def test_rgba_alpha_becomes_an_internal_mask(tmp_path):
     pixels = np.concatenate([rgb_pattern(512, 512), np.full((1, 512, 512), 255, np.uint8)])
     pixels[3, :100, :] = 0  # top rows transparent
     with rasterio.open(
-        source, "w", driver="GTiff", width=512, height=512, count=4, dtype="uint8",
-        crs="EPSG:32633", transform=rasterio.transform.from_origin(*RGB_ORIGIN, 0.3, 0.3),
-        photometric="RGB", alpha="YES",
+        source,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=rasterio.transform.from_origin(*RGB_ORIGIN, 0.3, 0.3),
+        photometric="RGB",
+        alpha="YES",
     ) as dst:
         dst.write(pixels)
     info = inspect_source(source)
@@ -121,3 +134,22 @@ def test_profile_suits_the_data(rgb_tif, dem_tif):
     dem_profile = cog_profile_for(inspect_source(dem_tif))
     assert dem_profile["compress"].upper() == "DEFLATE"
     assert dem_profile["predictor"] == 2
+
+
+@pytest.mark.parametrize(
+    ("epsg", "res", "bounds", "metres"),
+    [
+        (32633, 0.3, (500000, 5390000, 502000, 5400000), 0.3),  # UTM: as declared
+        (2263, 1.0, (980000, 190000, 990000, 200000), 0.3048),  # US survey feet
+        (3857, 0.3, (1669792, 6200000, 1670000, 6210000), 0.1985),  # Mercator at 48.5 N
+        (4326, 0.00002, (15, 48.7, 15.1, 48.8), 1.8086),  # degrees
+    ],
+)
+def test_ground_sample_distance_is_in_metres_on_the_ground(epsg, res, bounds, metres):
+    from rasterio.crs import CRS
+
+    from tiles.metadata import ground_sample_distance
+
+    assert ground_sample_distance(CRS.from_epsg(epsg), (res, res), bounds) == pytest.approx(
+        metres, rel=1e-3
+    )

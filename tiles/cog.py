@@ -39,7 +39,7 @@ def write_cog(
     info: SourceInfo,
     progress: ProgressCallback | None = None,
 ) -> None:
-    """Convert `source` to a COG at `destination` (overwritten). Not atomic: write to a temp path."""
+    """Convert `source` to a COG at `destination` (overwritten; not atomic: use a temp path)."""
     profile = cog_profile_for(info)
     # JPEG has no alpha channel: an alpha band becomes an internal mask instead.
     jpeg_with_alpha = info.is_rgb8 and info.has_alpha

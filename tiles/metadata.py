@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import morecantile
+from pyproj import Geod
 from rasterio.crs import CRS
+from rasterio.warp import transform
 from rio_tiler.io import Reader
 
 WGS84 = CRS.from_epsg(4326)
@@ -17,7 +19,6 @@ WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 DESCRIBED_TMS = ("WebMercatorQuad", "WGS1984Quad")
 # Band statistics come from an overview of at most this many pixels per side: fast on huge images.
 STATS_MAX_SIZE = 1024
-EARTH_METRES_PER_DEGREE = 111_320.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def describe_cog(path: str | Path) -> ImageMetadata:
             crs_wkt=crs.to_wkt(),
             bounds=tuple(dataset.bounds),
             bounds_wgs84=tuple(bounds_wgs84),
-            gsd=ground_sample_distance(crs, dataset.res, bounds_wgs84),
+            gsd=ground_sample_distance(crs, dataset.res, dataset.bounds),
             resolution=tuple(dataset.res),
             nodata=_finite_or_none(dataset.nodata),
             mask=_mask_kind(info.nodata_type),
@@ -86,16 +87,23 @@ def zoom_ranges(path: str | Path) -> dict[str, tuple[int, int]]:
 
 
 def ground_sample_distance(
-    crs: CRS, res: tuple[float, float], bounds_wgs84: tuple[float, float, float, float]
+    crs: CRS, res: tuple[float, float], bounds: tuple[float, float, float, float]
 ) -> float:
-    """Pixel size in metres: linear units for projected CRSs, degrees scaled at the centre otherwise."""
-    if crs.is_geographic:
-        latitude = (bounds_wgs84[1] + bounds_wgs84[3]) / 2
-        x_m = res[0] * EARTH_METRES_PER_DEGREE * math.cos(math.radians(latitude))
-        y_m = res[1] * EARTH_METRES_PER_DEGREE
-        return float(math.sqrt(x_m * y_m))
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return float(math.sqrt(res[0] * res[1]) * factor)
+    """Pixel size in metres on the ground, at the image centre.
+
+    A projected CRS's nominal resolution is what its producer declared (UTM's 0.04% scale error
+    is ignored); degrees and Web Mercator's stretched metres are measured geodesically instead.
+    """
+    if crs.is_projected and crs.to_dict().get("proj") != "merc":
+        factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+        return float(math.sqrt(res[0] * res[1]) * factor)
+    x = (bounds[0] + bounds[2]) / 2
+    y = (bounds[1] + bounds[3]) / 2
+    lons, lats = transform(crs, "EPSG:4326", [x, x + res[0], x], [y, y, y - res[1]])
+    geod = Geod(ellps="WGS84")
+    _, _, across = geod.inv(lons[0], lats[0], lons[1], lats[1])
+    _, _, down = geod.inv(lons[0], lats[0], lons[2], lats[2])
+    return float(math.sqrt(across * down))
 
 
 def _mask_kind(nodata_type: str) -> str:

@@ -84,9 +84,13 @@ def _check_georeference(src: rasterio.DatasetReader) -> None:
                 "the image is georeferenced only by ground control points; warp it to a CRS "
                 "first (gdalwarp)"
             )
-        raise NotGeoreferencedError("the image has no georeference (no coordinate reference system)")
+        raise NotGeoreferencedError(
+            "the image has no georeference (no coordinate reference system)"
+        )
     if src.transform.is_identity:
-        raise NotGeoreferencedError("the image has a CRS but no geotransform, so it has no location")
+        raise NotGeoreferencedError(
+            "the image has a CRS but no geotransform, so it has no location"
+        )
 
 
 def _check_layout(src: rasterio.DatasetReader, limits: SourceLimits) -> None:
@@ -115,16 +119,21 @@ def _check_layout(src: rasterio.DatasetReader, limits: SourceLimits) -> None:
 def _check_pixels_readable(src: rasterio.DatasetReader) -> None:
     """Read the first, middle and last blocks: a truncated file fails on the later ones."""
     block_h, block_w = src.block_shapes[0]
-    rows = sorted({0, (src.height // 2 // block_h) * block_h, ((src.height - 1) // block_h) * block_h})
+    rows = sorted(
+        {0, (src.height // 2 // block_h) * block_h, ((src.height - 1) // block_h) * block_h}
+    )
     cols = sorted({0, ((src.width - 1) // block_w) * block_w})
     try:
         for row in rows:
             for col in cols:
-                window = Window(col, row, min(block_w, src.width - col), min(block_h, src.height - row))
+                window = Window(
+                    col, row, min(block_w, src.width - col), min(block_h, src.height - row)
+                )
                 src.read(window=window)
     except RasterioError as exc:
         raise CorruptImageError(
-            f"the pixel data cannot be read; the file may be truncated or corrupt ({_first_line(exc)})"
+            "the pixel data cannot be read; the file may be truncated or corrupt "
+            f"({_first_line(exc)})"
         ) from exc
 
 

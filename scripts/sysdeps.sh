@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that tests use as real clients, when they are missing.
+# Installs the Debian packages the tests drive for real (GDAL clients, PostgreSQL), when missing.
 set -euo pipefail
 missing=()
 command -v gdalinfo >/dev/null || missing+=(gdal-bin)
+# A real PostgreSQL server, for the test that runs the catalogue on it.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "tiledetect: please install these Debian packages: ${missing[*]}" >&2

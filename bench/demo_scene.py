@@ -48,7 +48,8 @@ def main() -> int:
     print(f'demo_scene machine cpus={info["cpus"]} model="{info["cpu_model"]}"')
     print(
         f"demo_scene first_run_s={seconds:.1f} (target < {TARGET_SECONDS:.0f} s) {verdict} "
-        f"objects={summary['counts']} source_mb={scene_bytes / 1e6:.0f} cog_mb={cog_bytes / 1e6:.0f}"
+        f"objects={summary['counts']} source_mb={scene_bytes / 1e6:.0f} "
+        f"cog_mb={cog_bytes / 1e6:.0f}"
     )
     print(f"demo_scene second_run_s={second_run:.1f} (already present: checks only)")
     write_results(

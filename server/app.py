@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -19,7 +18,6 @@ from server.services import build_services
 from server.settings import Settings
 
 log = logging.getLogger("tiledetect")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 VERSION = "0.1.0"
 
 # Image data responses get ETags; tiles and previews may also be cached for long.
@@ -70,11 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "database": services.db.engine.dialect.name,
         }
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
 
     @app.get("/", include_in_schema=False)
     def home() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
+        return FileResponse(settings.static_dir / "index.html")
 
     app.add_middleware(
         CacheHeadersMiddleware,

@@ -7,6 +7,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# static/ sits beside the packages in a checkout; an installed copy (Docker) names its own.
+_CHECKOUT_STATIC = Path(__file__).resolve().parent.parent / "static"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TILEDETECT_", env_file=".env", extra="ignore")
@@ -15,6 +18,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tiledetect.db"
     )
+    static_dir: Path = Field(_CHECKOUT_STATIC, description="The web app's files.")
     max_upload_bytes: int = Field(20 * 1024**3, description="Largest accepted upload, in bytes.")
     max_image_bands: int = 32
     ingest_workers: int = Field(1, ge=1, description="Concurrent background ingests.")

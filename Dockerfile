@@ -13,7 +13,7 @@ COPY tiles ./tiles
 COPY inference ./inference
 COPY trainer ./trainer
 COPY scenes ./scenes
-RUN pip install ".[postgres]"
+RUN pip install ".[postgres,cpu]"
 
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 1000 tiledetect && mkdir /data && chown tiledetect /data

@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# GPU machines get onnxruntime-gpu and CUDA torch; everywhere else the CPU builds.
+ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DATA_DIR ?= data
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -13,10 +15,10 @@ PORT ?= 8000
 # Quick when nothing changed: the stamp is newer than pyproject.toml.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,$(ACCEL)]"
 	@touch $(STAMP)
 
 # Debian packages the tests drive as real clients (GDAL's command-line tools).

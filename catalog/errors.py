@@ -21,3 +21,7 @@ class ImageNotReadyError(TileDetectError):
 
 class ConflictError(TileDetectError):
     """The request contradicts the record's current state (e.g. deleting during ingest)."""
+
+
+class DetectorNotFoundError(NotFoundError):
+    """No detector (or detector version) with that id."""

@@ -10,10 +10,11 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from catalog.ingest import recover_interrupted
+from inference.session import available_providers
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
 from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
-from server.routers import imagery, images, wmts
+from server.routers import detections, imagery, images, wmts
 from server.services import build_services
 from server.settings import Settings
 
@@ -23,6 +24,8 @@ VERSION = "0.1.0"
 # Image data responses get ETags; tiles and previews may also be cached for long.
 _IMAGE_DATA = r"^/api/images/[^/]+/(tiles/|preview|bbox/|feature|point/|info|statistics|"
 _IMAGE_DATA += r"[^/]+/tilejson\.json|WMTSCapabilities\.xml)"
+# Detection tiles revalidate: the latest version changes when a detector is retrained.
+_IMAGE_DATA += r"|^/api/detectors/[^/]+/images/[^/]+/"
 _LONG_LIVED = r"^/api/images/[^/]+/(tiles/|preview)"
 
 
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         imagery.imagery_factory().router, prefix=imagery.IMAGE_PREFIX, tags=["imagery tiles"]
     )
+    app.include_router(detections.router)
     app.include_router(wmts.router)
 
     @app.get("/healthz", tags=["service"], summary="200 once the server is ready")
@@ -66,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ok",
             "version": VERSION,
             "database": services.db.engine.dialect.name,
+            "execution_providers": available_providers(),
+            "inference_batch_size": services.engine.max_batch,
         }
 
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

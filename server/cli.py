@@ -119,10 +119,13 @@ def demo(
     size: Annotated[int, typer.Option(help="Scene width and height in pixels.", min=256)] = 8192,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same scene.")] = 0,
     force: Annotated[bool, typer.Option(help="Regenerate even if the demo exists.")] = False,
+    detector_seconds: Annotated[
+        float, typer.Option(help="Training budget of the demo detector (0: no detector).")
+    ] = 90.0,
     data_dir: DataDir = None,
 ) -> None:
-    """Make the synthetic demo scene (0.3 m, trees, buildings, cars) with its ground truth, and
-    ingest it. Quick when it already exists."""
+    """Make the synthetic demo scene (0.3 m, trees, buildings, cars) with its ground truth, ingest
+    it, and train the demo detector (trainer/demo_detector.py). Quick when it already exists."""
     from server.demo import ensure_demo
 
     services = build_services(_settings(data_dir))
@@ -136,7 +139,13 @@ def demo(
                     tasks[stage] = bar.add_task(stage, total=1.0)
                 bar.update(tasks[stage], completed=fraction)
 
-            result = ensure_demo(services, spec, force=force, progress=report)
+            result = ensure_demo(
+                services,
+                spec,
+                force=force,
+                progress=report,
+                detector_seconds=detector_seconds or None,
+            )
     finally:
         services.close()
     state = (
@@ -147,9 +156,65 @@ def demo(
     console.print(f"demo {state}: image {result.image_id}, truth in {result.files.truth}")
     typer.echo(
         json.dumps(
-            {"image_id": result.image_id, "truth": str(result.files.truth), "counts": result.counts}
+            {
+                "image_id": result.image_id,
+                "detector_id": result.detector_id,
+                "truth": str(result.files.truth),
+                "counts": result.counts,
+            }
         )
     )
+
+
+detectors_app = typer.Typer(
+    help="Detectors (ONNX files with their metadata).", no_args_is_help=True
+)
+app.add_typer(detectors_app, name="detectors")
+
+
+@detectors_app.command("add")
+def detectors_add(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX detector file.", exists=True)],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register an ONNX detector (tiledetect or Deepness metadata) as a new detector."""
+    from inference.session import load_detector
+
+    services = build_services(_settings(data_dir))
+    try:
+        spec = load_detector(onnx_file).spec
+        record = services.detectors.create(
+            name or spec.name or onnx_file.stem, list(spec.class_names)
+        )
+        services.detectors.add_version(record.id, onnx_file, spec, source="import")
+    except TileDetectError as exc:
+        console.print(f"[red]{onnx_file}: {exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+    typer.echo(json.dumps({"id": record.id, "name": record.name, "classes": record.classes}))
+
+
+@detectors_app.command("list")
+def detectors_list(data_dir: DataDir = None) -> None:
+    """List detectors and their latest version, as JSON lines."""
+    services = build_services(_settings(data_dir))
+    try:
+        for record in services.detectors.list():
+            versions = services.detectors.versions(record.id)
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": record.id,
+                        "name": record.name,
+                        "classes": record.classes,
+                        "versions": len(versions),
+                    }
+                )
+            )
+    finally:
+        services.close()
 
 
 images_app = typer.Typer(help="Look at and manage the image catalogue.", no_args_is_help=True)

@@ -19,6 +19,8 @@ from scenes.synthetic import SceneSpec, write_scene
 from server.services import Services
 
 DEMO_IMAGE_NAME = "demo scene"
+DEMO_DETECTOR_NAME = "demo: trees, buildings, cars"
+DEMO_TRAINING_SECONDS = 90.0
 Progress = Callable[[str, float], None]
 
 
@@ -46,6 +48,8 @@ class DemoResult:
     generated: bool
     ingested: bool
     counts: dict[str, int]
+    detector_id: str | None = None
+    trained: bool = False
 
 
 def demo_files(services: Services) -> DemoFiles:
@@ -53,9 +57,15 @@ def demo_files(services: Services) -> DemoFiles:
 
 
 def ensure_demo(
-    services: Services, spec: SceneSpec, *, force: bool = False, progress: Progress | None = None
+    services: Services,
+    spec: SceneSpec,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    detector_seconds: float | None = DEMO_TRAINING_SECONDS,
 ) -> DemoResult:
-    """Generate the scene if missing or from another spec; ingest it if not in the catalogue."""
+    """Generate the scene if missing or from another spec; ingest it if not in the catalogue;
+    train and register the demo detector if missing (`detector_seconds=None` skips it)."""
     report = progress or (lambda _stage, _fraction: None)
     files = demo_files(services)
     manifest = _read_manifest(files)
@@ -80,7 +90,45 @@ def ensure_demo(
             _forget(services, previous_id)
     manifest["image_id"] = image_id
     _write_manifest(files, manifest)
-    return DemoResult(image_id, files, generated, ingested, manifest.get("counts", {}))
+
+    detector_id, trained = manifest.get("detector_id"), False
+    if detector_seconds is not None and (force or not _has_version(services, detector_id)):
+        detector_id = _train_demo_detector(services, files, detector_seconds, report)
+        trained = True
+        manifest["detector_id"] = detector_id
+        _write_manifest(files, manifest)
+    counts = manifest.get("counts", {})
+    return DemoResult(image_id, files, generated, ingested, counts, detector_id, trained)
+
+
+def _has_version(services: Services, detector_id: str | None) -> bool:
+    if not detector_id:
+        return False
+    try:
+        services.detectors.version(detector_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _train_demo_detector(
+    services: Services, files: DemoFiles, seconds: float, report: Progress
+) -> str:
+    """Train with trainer/demo_detector.py (reproducible from its seed) and register it."""
+    from inference.session import load_detector
+    from trainer.demo_detector import build_demo_detector
+
+    onnx_path = files.directory / "demo-detector.onnx"
+    metrics = build_demo_detector(
+        onnx_path, seconds=seconds, progress=lambda f: report("training demo detector", f)
+    )
+    metrics = json.loads(json.dumps(metrics, default=float))  # numpy scalars -> JSON column
+    detector_spec = load_detector(onnx_path).spec
+    record = services.detectors.create(DEMO_DETECTOR_NAME, list(detector_spec.class_names))
+    services.detectors.add_version(
+        record.id, onnx_path, detector_spec, metrics=metrics, source="trainer/demo_detector.py"
+    )
+    return record.id
 
 
 def _is_ready(services: Services, image_id: str | None) -> bool:

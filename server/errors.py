@@ -8,6 +8,7 @@ from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
 from catalog.errors import ConflictError, ImageNotReadyError, NotFoundError
+from inference.errors import IncompatibleImageError, InvalidDetectorError
 from tiles.errors import InvalidImageError
 
 
@@ -25,6 +26,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     ImageNotReadyError: status.HTTP_409_CONFLICT,
     ConflictError: status.HTTP_409_CONFLICT,
     InvalidImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidDetectorError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    IncompatibleImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidZoomError: status.HTTP_404_NOT_FOUND,
     TileArgParsingError: status.HTTP_400_BAD_REQUEST,
 }

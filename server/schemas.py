@@ -90,3 +90,37 @@ class ImageOut(BaseModel):
 class IngestAccepted(BaseModel):
     image: ImageOut
     job: JobOut
+
+
+class DetectorVersionOut(BaseModel):
+    id: str
+    number: int
+    created_at: datetime
+    source: str
+    onnx_bytes: int
+    metrics: dict[str, Any] | None = None
+
+
+class DetectorOut(BaseModel):
+    id: str
+    name: str
+    classes: list[str]
+    created_at: datetime
+    resolution_m: float | None = None
+    spec: dict[str, Any] | None = None  # of the latest version
+    execution_provider: str | None = None
+    versions: list[DetectorVersionOut] = []
+
+    @classmethod
+    def of(cls, detector, versions: list, provider: str | None) -> DetectorOut:
+        latest = versions[-1].spec if versions else None
+        return cls(
+            id=detector.id,
+            name=detector.name,
+            classes=detector.classes,
+            created_at=detector.created_at,
+            resolution_m=latest["resolution_m"] if latest else None,
+            spec=latest,
+            execution_provider=provider,
+            versions=[DetectorVersionOut.model_validate(v, from_attributes=True) for v in versions],
+        )

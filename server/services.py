@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
+from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.ingest import Ingestor
 from catalog.jobs import JobStore
+from inference.cache import ProbabilityCache, RenderedTileCache
+from inference.engine import DetectionEngine
+from inference.session import available_providers
+from server.detection_layers import DetectionLayers
 from server.settings import Settings
 from tiles.source import SourceLimits
 
@@ -20,9 +25,21 @@ class Services:
     images: ImageCatalog
     jobs: JobStore
     ingestor: Ingestor
+    detectors: DetectorCatalog
+    layers: DetectionLayers
+    engine: DetectionEngine
+    rendered_tiles: RenderedTileCache
 
     def close(self) -> None:
+        self.engine.close()
         self.db.dispose()
+
+
+def default_batch_size(settings: Settings) -> int:
+    """Batching pays on a GPU; on CPU one window per call is as fast (bench/detection_tiles.py)."""
+    if settings.detection_batch_size:
+        return settings.detection_batch_size
+    return 8 if available_providers()[0] == "CUDAExecutionProvider" else 1
 
 
 def build_services(settings: Settings) -> Services:
@@ -32,4 +49,21 @@ def build_services(settings: Settings) -> Services:
     images = ImageCatalog(db, blobs)
     jobs = JobStore(db)
     ingestor = Ingestor(images, jobs, SourceLimits(max_bands=settings.max_image_bands))
-    return Services(settings=settings, db=db, images=images, jobs=jobs, ingestor=ingestor)
+    detectors = DetectorCatalog(db, blobs)
+    engine = DetectionEngine(
+        ProbabilityCache(settings.detection_cache_dir, settings.detection_cache_bytes),
+        threads=settings.detection_threads,
+        max_batch=default_batch_size(settings),
+        max_wait_s=settings.detection_batch_wait_ms / 1000,
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        images=images,
+        jobs=jobs,
+        ingestor=ingestor,
+        detectors=detectors,
+        layers=DetectionLayers(images, detectors),
+        engine=engine,
+        rendered_tiles=RenderedTileCache(settings.detection_cache_bytes // 8),
+    )

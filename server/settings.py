@@ -26,12 +26,25 @@ class Settings(BaseSettings):
         86400, description="Cache-Control max-age for tiles; an image id's pixels never change."
     )
 
+    detection_cache_bytes: int = Field(
+        512 * 1024**2, description="Memory for cached detection probabilities, in bytes."
+    )
+    detection_threads: int = Field(4, ge=1, description="Threads reading windows and inferring.")
+    detection_batch_size: int | None = Field(
+        None, ge=1, description="Windows per onnxruntime call; default 8 on CUDA, 1 on CPU."
+    )
+    detection_batch_wait_ms: float = Field(4.0, ge=0, description="Longest wait to fill a batch.")
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'tiledetect.db'}"
 
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def detection_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "detections"
 
     @property
     def upload_dir(self) -> Path:

@@ -32,10 +32,33 @@ function showImage(image) {
   const [west, south, east, north] = image.bounds_wgs84;
   map.fitBounds([[west, south], [east, north]], { padding: 20, animate: false });
   shownImageId = image.id;
+  showDetections(image);
   document.querySelectorAll("#images li").forEach((li) => {
     li.classList.toggle("active", li.dataset.id === image.id);
   });
 }
+
+// The first detector's layer over the shown image (the full layer switcher is the web app's).
+async function showDetections(image) {
+  if (map.getLayer("detections")) map.removeLayer("detections");
+  if (map.getSource("detections")) map.removeSource("detections");
+  const detectors = await (await fetch("/api/detectors")).json();
+  const detector = detectors.find((d) => d.versions.length > 0);
+  const toggle = document.getElementById("detections-toggle");
+  toggle.hidden = !detector;
+  if (!detector) return;
+  document.getElementById("detector-name").textContent = detector.name;
+  const tilejson = `/api/detectors/${detector.id}/images/${image.id}/WebMercatorQuad/tilejson.json`;
+  map.addSource("detections", { type: "raster", url: tilejson, tileSize: 256 });
+  map.addLayer({ id: "detections", type: "raster", source: "detections" });
+  const checkbox = document.getElementById("detections-visible");
+  map.setLayoutProperty("detections", "visibility", checkbox.checked ? "visible" : "none");
+}
+
+document.getElementById("detections-visible").addEventListener("change", (event) => {
+  if (!map.getLayer("detections")) return;
+  map.setLayoutProperty("detections", "visibility", event.target.checked ? "visible" : "none");
+});
 
 async function loadImages() {
   const response = await fetch("/api/images");

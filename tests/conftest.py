@@ -207,3 +207,26 @@ def run_cli(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.Comp
         timeout=timeout,
         cwd=REPO,
     )
+
+
+# Training budget of the demo detector the detection tests share (trained once per session).
+TEST_DETECTOR_SECONDS = 45.0
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory) -> Path:
+    """The demo detector, trained by the same script `tiledetect demo` runs, on a short budget."""
+    from trainer.demo_detector import build_demo_detector
+
+    path = tmp_path_factory.mktemp("detector") / "demo.onnx"
+    build_demo_detector(path, seconds=TEST_DETECTOR_SECONDS, seed=0)
+    return path
+
+
+def write_scene_tif(path: Path, size: int, seed: int) -> tuple[Path, Path]:
+    """A synthetic scene (the demo's generator, another seed) and its truth GeoJSON."""
+    from scenes.synthetic import SceneSpec, write_scene
+
+    truth = path.with_suffix(".geojson")
+    write_scene(SceneSpec(width=size, height=size, seed=seed), path, truth)
+    return path, truth

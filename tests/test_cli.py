@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import morecantile
 import rasterio
 
 from tests.conftest import BIN, run_cli, start_server, stop_server, write_rgb_tif
@@ -56,7 +57,8 @@ def test_bad_file_is_refused_and_nothing_stored(tmp_path):
 def test_demo_generates_ingests_and_is_served(tmp_path):
     """`tiledetect demo` (what `make run` calls) on a small scene, then a server shows it."""
     data_dir = tmp_path / "data"
-    first = run_cli("demo", "--size", "1024", "--seed", "3", data_dir=data_dir)
+    demo_args = ("demo", "--size", "1024", "--seed", "3", "--detector-seconds", "8")
+    first = run_cli(*demo_args, data_dir=data_dir)
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert set(summary["counts"]) == {"tree", "building", "car"}
@@ -65,9 +67,14 @@ def test_demo_generates_ingests_and_is_served(tmp_path):
     with rasterio.open(data_dir / "demo" / "scene.tif") as scene:
         assert (scene.width, scene.height, scene.count) == (1024, 1024, 3)
 
-    again = run_cli("demo", "--size", "1024", "--seed", "3", data_dir=data_dir)
+    assert summary["detector_id"]
+    again = run_cli(*demo_args, data_dir=data_dir)
     assert "already present" in again.stderr
-    assert json.loads(again.stdout.strip().splitlines()[-1])["image_id"] == summary["image_id"]
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (second["image_id"], second["detector_id"]) == (
+        summary["image_id"],
+        summary["detector_id"],
+    )
 
     server = start_server(data_dir, tmp_path / "server.log")
     try:
@@ -76,5 +83,16 @@ def test_demo_generates_ingests_and_is_served(tmp_path):
         assert server.get("/").status_code == 200
         assert "maplibre" in server.get("/").text
         assert server.get("/static/vendor/maplibre-gl/maplibre-gl.js").status_code == 200
+        # The demo opens with a working detection layer.
+        detectors = server.get("/api/detectors").json()
+        assert [d["id"] for d in detectors] == [summary["detector_id"]]
+        assert detectors[0]["versions"][0]["source"] == "trainer/demo_detector.py"
+        layer = f"/api/detectors/{summary['detector_id']}/images/{summary['image_id']}"
+        tilejson = server.get(f"{layer}/WebMercatorQuad/tilejson.json").json()
+        lon, lat, zoom = tilejson["center"]
+        tile = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, zoom)
+        overlay = server.get(f"{layer}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}.png")
+        assert overlay.status_code == 200
+        assert overlay.headers["content-type"] == "image/png"
     finally:
         stop_server(server)

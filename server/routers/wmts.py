@@ -1,4 +1,5 @@
-"""One WMTS capabilities document for the whole server, so GIS users add a single URL."""
+"""One WMTS capabilities document for the whole server (imagery and detection layers), so GIS
+users add a single URL."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from catalog.errors import NotFoundError
 from catalog.models import ImageStatus
+from inference.errors import IncompatibleImageError, InvalidDetectorError
 from server.dependencies import get_services
+from server.routers.detections import detection_wmts_layers
 from server.services import Services
 from tiles.rendering import default_tile_params
 from tiles.wmts import WmtsLayer, render_capabilities
@@ -28,9 +32,22 @@ async def service_capabilities(
     base = str(request.base_url)
     images = await run_in_threadpool(services.images.list, ImageStatus.READY)
     layers = [layer for image in images if image.meta for layer in _image_layers(image, base)]
+    layers += await run_in_threadpool(_detection_layers, services, images, base)
     url = f"{base}wmts/WMTSCapabilities.xml"
     xml = await run_in_threadpool(render_capabilities, layers, url)
     return Response(xml, media_type="application/xml")
+
+
+def _detection_layers(services: Services, images: list, base: str) -> list[WmtsLayer]:
+    """Every detector's latest version on every ready image it can run on."""
+    layers: list[WmtsLayer] = []
+    for detector in services.detectors.list():
+        for image in images:
+            try:
+                layers += detection_wmts_layers(services, base, detector.id, image.id)
+            except (NotFoundError, IncompatibleImageError, InvalidDetectorError):
+                continue  # no version yet, or bands that do not fit: not a layer
+    return layers
 
 
 DEFAULT_GRID = "WebMercatorQuad"  # what web maps and most GIS projects use

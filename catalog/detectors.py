@@ -1,0 +1,117 @@
+"""Detectors: a name and numbered versions, each an ONNX file in the blob store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from catalog.blobstore import LocalBlobStore
+from catalog.db import Database
+from catalog.errors import DetectorNotFoundError
+from catalog.models import DetectorRecord, DetectorVersionRecord, new_id
+from inference.format import DetectorSpec
+
+
+class DetectorCatalog:
+    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def create(self, name: str, classes: list[str]) -> DetectorRecord:
+        record = DetectorRecord(id=new_id(), name=name, classes=classes)
+        with self.db.transaction() as session:
+            session.add(record)
+        return record
+
+    def add_version(
+        self,
+        detector_id: str,
+        onnx_file: Path,
+        spec: DetectorSpec,
+        *,
+        metrics: dict | None = None,
+        source: str = "import",
+    ) -> DetectorVersionRecord:
+        """Copy a validated ONNX file into the store and record it as the next version."""
+        self.get(detector_id)
+        version_id = new_id()
+        key = f"detectors/{detector_id}/{version_id}.onnx"
+        staging = self.blobs.staging_path(key)
+        shutil.copyfile(onnx_file, staging)
+        size = self.blobs.commit(staging, key)
+        try:
+            with self.db.transaction() as session:
+                number = session.scalar(
+                    select(func.coalesce(func.max(DetectorVersionRecord.number), 0)).where(
+                        DetectorVersionRecord.detector_id == detector_id
+                    )
+                )
+                record = DetectorVersionRecord(
+                    id=version_id,
+                    detector_id=detector_id,
+                    number=number + 1,
+                    onnx_key=key,
+                    onnx_bytes=size,
+                    spec=spec.as_dict(),
+                    metrics=metrics,
+                    source=source,
+                )
+                session.add(record)
+        except BaseException:
+            self.blobs.delete_prefix(key)
+            raise
+        return record
+
+    def get(self, detector_id: str) -> DetectorRecord:
+        with self.db.transaction() as session:
+            record = session.get(DetectorRecord, detector_id)
+        if record is None:
+            raise DetectorNotFoundError(f"no detector with id {detector_id!r}")
+        return record
+
+    def list(self) -> list[DetectorRecord]:
+        with self.db.transaction() as session:
+            return list(session.scalars(select(DetectorRecord).order_by(DetectorRecord.created_at)))
+
+    def versions(self, detector_id: str) -> list[DetectorVersionRecord]:
+        query = (
+            select(DetectorVersionRecord)
+            .where(DetectorVersionRecord.detector_id == detector_id)
+            .order_by(DetectorVersionRecord.number)
+        )
+        with self.db.transaction() as session:
+            return list(session.scalars(query))
+
+    def version(self, detector_id: str, number: int | None = None) -> DetectorVersionRecord:
+        """A given version number, or the latest."""
+        versions = self.versions(detector_id)
+        if not versions:
+            self.get(detector_id)
+            raise DetectorNotFoundError(f"detector {detector_id} has no trained version yet")
+        if number is None:
+            return versions[-1]
+        for version in versions:
+            if version.number == number:
+                return version
+        raise DetectorNotFoundError(f"detector {detector_id} has no version {number}")
+
+    def onnx_path(self, version: DetectorVersionRecord) -> Path:
+        return self.blobs.path(version.onnx_key)
+
+    def delete(self, detector_id: str) -> list[str]:
+        """Remove a detector, its versions and files; returns the removed version ids."""
+        versions = [v.id for v in self.versions(detector_id)]
+        with self.db.transaction() as session:
+            record = session.get(DetectorRecord, detector_id)
+            if record is None:
+                raise DetectorNotFoundError(f"no detector with id {detector_id!r}")
+            session.execute(
+                DetectorVersionRecord.__table__.delete().where(
+                    DetectorVersionRecord.detector_id == detector_id
+                )
+            )
+            session.delete(record)
+        self.blobs.delete_prefix(f"detectors/{detector_id}")
+        return versions

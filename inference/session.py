@@ -1,0 +1,70 @@
+"""Loads a detector: an onnxruntime session on the best execution provider, and its spec."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inference.errors import InvalidDetectorError
+from inference.format import DetectorSpec, spec_from_metadata
+
+# CUDA first when onnxruntime-gpu sees a GPU; the CPU provider is always there.
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def available_providers() -> list[str]:
+    offered = ort.get_available_providers()
+    return [p for p in PREFERRED_PROVIDERS if p in offered]
+
+
+@dataclass
+class Detector:
+    """A loaded ONNX detector. `run` is thread-safe (onnxruntime sessions are)."""
+
+    spec: DetectorSpec
+    session: ort.InferenceSession
+    input_name: str
+    provider: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, bands, H, W), already standardised -> probabilities (N, C, H, W)."""
+        (output,) = self.session.run(None, {self.input_name: batch})[:1]
+        return np.asarray(output, dtype=np.float32)
+
+
+_lock = threading.Lock()
+
+
+def load_detector(path: str | Path, providers: list[str] | None = None) -> Detector:
+    """Open and validate an ONNX detector; InvalidDetectorError says what is wrong with it."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    wanted = providers or available_providers()
+    try:
+        with _lock:
+            session = ort.InferenceSession(str(path), options, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidDetectorError(f"not a loadable ONNX model ({first[:300]})") from exc
+    spec = spec_from_metadata(session.get_modelmeta().custom_metadata_map)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise InvalidDetectorError("a detector takes one NCHW image input")
+    channels = inputs[0].shape[1]
+    if isinstance(channels, int) and channels != len(spec.input_bands):
+        raise InvalidDetectorError(
+            f"the model takes {channels} bands but its metadata lists {len(spec.input_bands)}"
+        )
+    if not outputs or len(outputs[0].shape) != 4:
+        raise InvalidDetectorError("a detector returns per-class probabilities (N, C, H, W)")
+    classes = outputs[0].shape[1]
+    if isinstance(classes, int) and classes != len(spec.class_names) + 1:
+        raise InvalidDetectorError(
+            f"the model returns {classes} channels but class_names has "
+            f"{len(spec.class_names) + 1} (background included)"
+        )
+    return Detector(spec, session, inputs[0].name, session.get_providers()[0])

@@ -25,3 +25,7 @@ class ConflictError(TileDetectError):
 
 class DetectorNotFoundError(NotFoundError):
     """No detector (or detector version) with that id."""
+
+
+class ExportNotFoundError(NotFoundError):
+    """No export with that id."""

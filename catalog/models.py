@@ -95,3 +95,50 @@ class DetectorVersionRecord(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     source: Mapped[str] = mapped_column(String(64), default="import")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ExportState:
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    PARTIAL = "partial"  # finished, but some cells failed every attempt (listed in `failures`)
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNFINISHED = (QUEUED, RUNNING)
+
+
+class ExportRecord(Base):
+    """A bulk export of one detector version over one image (or an AOI of it)."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    detector_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("detectors.id", ondelete="CASCADE"), index=True
+    )
+    version_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("detector_versions.id", ondelete="CASCADE"), index=True
+    )
+    version_number: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("images.id", ondelete="CASCADE"), index=True
+    )
+    format: Mapped[str] = mapped_column(String(16))
+    crs: Mapped[str | None] = mapped_column(Text, nullable=True)  # requested output CRS
+    aoi: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # GeoJSON, WGS84
+    state: Mapped[str] = mapped_column(String(16), default=ExportState.QUEUED, index=True)
+    cells_total: Mapped[int] = mapped_column(Integer, default=0)
+    cells_done: Mapped[int] = mapped_column(Integer, default=0)
+    cells_failed: Mapped[int] = mapped_column(Integer, default=0)
+    objects: Mapped[int] = mapped_column(Integer, default=0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failures: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # cell -> error
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    result_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -14,7 +14,7 @@ from inference.session import available_providers
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
 from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
-from server.routers import detections, imagery, images, wmts
+from server.routers import detections, exports, imagery, images, wmts
 from server.services import build_services
 from server.settings import Settings
 
@@ -39,6 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if recovered:
             log.warning("marked %d interrupted job(s) as failed: %s", len(recovered), recovered)
         app.state.services = services
+        resumed = services.exports.resume_unfinished()
+        if resumed:
+            log.warning("resuming %d unfinished export(s): %s", len(resumed), resumed)
         app.state.runner = BackgroundRunner(settings.ingest_workers)
         log.info("tiledetect ready: data in %s", settings.data_dir.resolve())
         try:
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         imagery.imagery_factory().router, prefix=imagery.IMAGE_PREFIX, tags=["imagery tiles"]
     )
     app.include_router(detections.router)
+    app.include_router(exports.router)
     app.include_router(wmts.router)
 
     @app.get("/healthz", tags=["service"], summary="200 once the server is ready")

@@ -257,5 +257,57 @@ def images_delete(image_id: str, data_dir: DataDir = None) -> None:
         services.close()
 
 
+@app.command()
+def detect(
+    model: Annotated[Path, typer.Argument(help="Detector ONNX file.", exists=True, dir_okay=False)],
+    image: Annotated[Path, typer.Argument(help="GeoTIFF (or COG) to sweep.", exists=True)],
+    out: Annotated[
+        Path, typer.Option("--out", help="Result: .geojson (WGS84), .gpkg, .fgb or .parquet.")
+    ],
+    aoi: Annotated[
+        Path | None,
+        typer.Option(
+            "--aoi", help="GeoJSON polygon(s) in WGS84 to limit the sweep to.", exists=True
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="tcp://host:port of a Dask scheduler (default: $TILEDETECT_DASK_SCHEDULER, "
+            "else an in-process cluster). Workers must see MODEL, IMAGE and OUT's folder.",
+        ),
+    ] = None,
+    crs: Annotated[
+        str | None, typer.Option(help="Output CRS for gpkg/fgb/parquet (default: the image's).")
+    ] = None,
+    cell_px: Annotated[int, typer.Option(help="Cell size in native pixels.")] = 2048,
+) -> None:
+    """Find every object in IMAGE with MODEL, cell by cell on Dask, and write them to OUT.
+
+    Cells finished by an interrupted run of the same command are kept and skipped.
+    """
+    from export.cli_run import run_detect_command
+
+    settings = Settings()
+    try:
+        summary = run_detect_command(
+            model,
+            image,
+            out,
+            aoi_path=aoi,
+            scheduler=scheduler or settings.dask_scheduler,
+            crs=crs,
+            cell_px=cell_px,
+            progress_bar=_progress_bar,
+        )
+    except (TileDetectError, ValueError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(summary))
+    if summary["state"] != "done":
+        raise typer.Exit(code=2)
+
+
 def main() -> None:
     app()

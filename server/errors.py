@@ -8,6 +8,8 @@ from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
 from catalog.errors import ConflictError, ImageNotReadyError, NotFoundError
+from export.run import ExportInputError
+from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
 from tiles.errors import InvalidImageError
 
@@ -30,6 +32,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     IncompatibleImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidZoomError: status.HTTP_404_NOT_FOUND,
     TileArgParsingError: status.HTTP_400_BAD_REQUEST,
+    ExportInputError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    UnknownFormatError: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from catalog.models import ImageRecord, JobRecord
 from tiles.rendering import default_tile_params
@@ -123,4 +123,66 @@ class DetectorOut(BaseModel):
             spec=latest,
             execution_provider=provider,
             versions=[DetectorVersionOut.model_validate(v, from_attributes=True) for v in versions],
+        )
+
+
+class ExportRequest(BaseModel):
+    format: str = Field("geojson", description="geojson (WGS84), gpkg, fgb or parquet.")
+    aoi: dict[str, Any] | None = Field(
+        None, description="GeoJSON Polygon/MultiPolygon (or Feature) in WGS84; default the image."
+    )
+    crs: str | None = Field(
+        None, description="Output CRS for gpkg/fgb/parquet (e.g. EPSG:4326); default the image's."
+    )
+    version: int | None = Field(None, ge=1, description="Detector version; default the latest.")
+
+
+class ExportOut(BaseModel):
+    id: str
+    detector_id: str
+    version: int
+    image_id: str
+    format: str
+    crs: str | None
+    aoi: dict[str, Any] | None
+    state: str
+    cells_total: int
+    cells_done: int
+    cells_failed: int
+    objects: int
+    failures: dict[str, str] | None
+    summary: dict[str, Any] | None
+    error: str | None
+    elapsed_seconds: float | None
+    eta_seconds: float | None
+    result_bytes: int | None
+    download_url: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record, elapsed: float | None) -> ExportOut:
+        finished = record.state in ("done", "partial") and record.result_key
+        return cls(
+            id=record.id,
+            detector_id=record.detector_id,
+            version=record.version_number,
+            image_id=record.image_id,
+            format=record.format,
+            crs=record.crs,
+            aoi=record.aoi,
+            state=record.state,
+            cells_total=record.cells_total,
+            cells_done=record.cells_done,
+            cells_failed=record.cells_failed,
+            objects=record.objects,
+            failures=record.failures,
+            summary=record.summary,
+            error=record.error,
+            elapsed_seconds=elapsed,
+            eta_seconds=record.eta_seconds,
+            result_bytes=record.result_bytes,
+            download_url=f"/api/exports/{record.id}/download" if finished else None,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
         )

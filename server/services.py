@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
 from catalog.detectors import DetectorCatalog
+from catalog.exports import ExportStore
 from catalog.images import ImageCatalog
 from catalog.ingest import Ingestor
 from catalog.jobs import JobStore
@@ -14,6 +15,7 @@ from inference.cache import ProbabilityCache, RenderedTileCache
 from inference.engine import DetectionEngine
 from inference.session import available_providers
 from server.detection_layers import DetectionLayers
+from server.exports import ExportService
 from server.settings import Settings
 from tiles.source import SourceLimits
 
@@ -29,8 +31,10 @@ class Services:
     layers: DetectionLayers
     engine: DetectionEngine
     rendered_tiles: RenderedTileCache
+    exports: ExportService
 
     def close(self) -> None:
+        self.exports.close()
         self.engine.close()
         self.db.dispose()
 
@@ -56,6 +60,7 @@ def build_services(settings: Settings) -> Services:
         max_batch=default_batch_size(settings),
         max_wait_s=settings.detection_batch_wait_ms / 1000,
     )
+    layers = DetectionLayers(images, detectors)
     return Services(
         settings=settings,
         db=db,
@@ -63,7 +68,8 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         ingestor=ingestor,
         detectors=detectors,
-        layers=DetectionLayers(images, detectors),
+        layers=layers,
         engine=engine,
         rendered_tiles=RenderedTileCache(settings.detection_cache_bytes // 8),
+        exports=ExportService(settings, ExportStore(db), images, layers, blobs),
     )

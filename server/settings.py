@@ -35,6 +35,24 @@ class Settings(BaseSettings):
     )
     detection_batch_wait_ms: float = Field(4.0, ge=0, description="Longest wait to fill a batch.")
 
+    dask_scheduler: str | None = Field(
+        None, description="tcp://host:port of a Dask scheduler; default an in-process cluster."
+    )
+    dask_threads: int | None = Field(
+        None, ge=1, description="Threads of the in-process Dask worker; default min(2, cores)."
+    )
+    dask_cell_resources: str = Field(
+        "", description="Resources a worker must declare to take export cells, e.g. 'GPU=1'."
+    )
+    export_cell_px: int = Field(2048, ge=256, description="Export cell size in native pixels.")
+    export_retries: int = Field(3, ge=0, description="Retries of a failing export cell.")
+    export_backoff_s: float = Field(1.0, ge=0, description="Pause before the first retry.")
+
+    def dask_resources(self) -> dict[str, float] | None:
+        """`dask_cell_resources` ('GPU=1,MEM=4e9') as Dask's resources mapping."""
+        pairs = [p.split("=", 1) for p in self.dask_cell_resources.split(",") if p.strip()]
+        return {name.strip(): float(value) for name, value in pairs} or None
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'tiledetect.db'}"
 

@@ -1,0 +1,278 @@
+"""One export cell, run on a Dask worker: infer, extract objects, write them, mark the cell done.
+
+The task is idempotent: its objects go to `cells/{id}.parquet` and then a `cells/{id}.json`
+marker, each written under a temporary name and renamed, so a cell is either done (both there)
+or not (a rerun redoes it); a worker killed mid-cell leaves nothing that counts.
+
+Objects are decided like display tiles decide them: the cell infers its core plus an object
+margin, and an object belongs to the cell holding its representative point. Objects too large for
+that margin (or cut by it) are clipped to the cell's core and written as *parts*; the merge step
+unions parts of neighbouring cells into whole objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from shapely.geometry import box
+
+from export.cells import Cell
+from inference.format import DetectorSpec
+from inference.objects import DetectedObject, extract_objects
+from inference.reading import read_region
+from inference.session import Detector, load_detector
+from inference.windows import Bounds
+
+OBJECT_MARGIN_PX = 64  # as display tiles: objects up to this size cross a border whole
+LATTICE_PX = 16  # chunk sizes and offsets keep to the network's stride lattice
+EDGE_TOLERANCE_PX = 0.5
+
+CELL_SCHEMA = pa.schema(
+    [
+        ("geometry", pa.binary()),
+        ("class", pa.string()),
+        ("score", pa.float32()),
+        ("area_m2", pa.float64()),
+        ("cell", pa.string()),
+        ("part", pa.bool_()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Everything a worker needs for one cell; paths point into the shared blob store."""
+
+    export_dir: str
+    cell: Cell
+    cog_path: str
+    onnx_path: str
+    crs_wkt: str
+    image_gsd: float
+    image_bounds: Bounds
+    pixel_size: float  # CRS units per native-resolution pixel
+    metres_per_unit: float
+    aoi_wkb: bytes | None = None  # image CRS
+    fail_marker: str | None = None  # tests: a file whose presence makes the cell fail
+
+
+def done_marker(export_dir: str | Path, cell_id: str) -> Path:
+    return Path(export_dir) / "cells" / f"{cell_id}.json"
+
+
+def objects_file(export_dir: str | Path, cell_id: str) -> Path:
+    return Path(export_dir) / "cells" / f"{cell_id}.parquet"
+
+
+def read_done(export_dir: str | Path, cell_id: str) -> dict | None:
+    marker = done_marker(export_dir, cell_id)
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(onnx_path: str) -> Detector:
+    """One onnxruntime session per worker process and model (sessions are slow to create)."""
+    return load_detector(onnx_path)
+
+
+def run_cell(job: CellJob) -> dict:
+    """Run one cell (or return the summary of an earlier run of it)."""
+    earlier = read_done(job.export_dir, job.cell.id)
+    if earlier is not None:
+        return earlier
+    if job.fail_marker and Path(job.fail_marker).exists():
+        raise RuntimeError(f"cell {job.cell.id}: failure injected by {job.fail_marker}")
+    started = time.perf_counter()
+    detector = _detector(job.onnx_path)
+    probabilities, transform, timings = infer_region(job, detector)
+    objects = extract_objects(
+        probabilities, transform, detector.spec, metres_per_unit=job.metres_per_unit
+    )
+    rows = list(_cell_rows(job, objects))
+    table = pa.Table.from_pylist(rows, schema=CELL_SCHEMA)
+    summary = {
+        "cell": job.cell.id,
+        "objects": sum(1 for r in rows if not r["part"]),
+        "parts": sum(1 for r in rows if r["part"]),
+        "classes": _class_counts(rows),
+        "seconds": round(time.perf_counter() - started, 3),
+        **timings,
+    }
+    _write_atomically(objects_file(job.export_dir, job.cell.id), lambda p: pq.write_table(table, p))
+    _write_atomically(
+        done_marker(job.export_dir, job.cell.id), lambda p: p.write_text(json.dumps(summary))
+    )
+    return summary
+
+
+def infer_region(job: CellJob, detector: Detector) -> tuple[np.ndarray, Affine, dict]:
+    """Probabilities over the cell core plus the object margin, computed in chunks that keep to
+    the window lattice (so they equal the on-the-fly windows'), from one read of the pixels."""
+    spec = detector.spec
+    pixel = job.pixel_size
+    margin = OBJECT_MARGIN_PX
+    left, bottom, right, top = job.cell.bounds
+    size = round((right - left) / pixel) + 2 * margin  # square: cells are whole windows
+    origin_x, origin_y = left - margin * pixel, top + margin * pixel
+    context = spec.overlap_px
+    read_started = time.perf_counter()
+    pixels = read_region(
+        job.cog_path,
+        CRS.from_wkt(job.crs_wkt),
+        (
+            origin_x - context * pixel,
+            origin_y - (size + context) * pixel,
+            origin_x + (size + context) * pixel,
+            origin_y + context * pixel,
+        ),
+        (size + 2 * context, size + 2 * context),
+        spec,
+        job.image_gsd,
+    )
+    read_seconds = time.perf_counter() - read_started
+    edges = chunk_edges(size, spec)
+    spans = list(zip(edges[:-1], edges[1:], strict=True))
+    chunks = [(rows, cols) for rows in spans for cols in spans]
+    # Same-shaped chunks go to the model together (GPU batching); on CPU one at a time is as fast.
+    batch = 8 if detector.provider == "CUDAExecutionProvider" else 1
+    by_shape: dict[tuple[int, int], list] = {}
+    for rows, cols in chunks:
+        by_shape.setdefault((rows[1] - rows[0], cols[1] - cols[0]), []).append((rows, cols))
+    probabilities = np.empty((1 + len(spec.class_names), size, size), np.float32)
+    infer_seconds = 0.0
+    for group in by_shape.values():
+        for first in range(0, len(group), batch):
+            members = group[first : first + batch]
+            inputs = np.stack(
+                [
+                    pixels[:, r0 : r1 + 2 * context, c0 : c1 + 2 * context]
+                    for (r0, r1), (c0, c1) in members
+                ]
+            )
+            started = time.perf_counter()
+            outputs = detector.run(inputs)
+            infer_seconds += time.perf_counter() - started
+            for ((r0, r1), (c0, c1)), out in zip(members, outputs, strict=True):
+                probabilities[:, r0:r1, c0:c1] = out[
+                    :, context : context + r1 - r0, context : context + c1 - c0
+                ]
+    transform = Affine(pixel, 0, origin_x, 0, -pixel, origin_y)
+    timings = {"read_seconds": round(read_seconds, 3), "infer_seconds": round(infer_seconds, 3)}
+    return probabilities, transform, timings
+
+
+def chunk_edges(size: int, spec: DetectorSpec) -> list[int]:
+    """Split `size` px into near-equal chunks no larger than a window core, on the lattice."""
+    units = size // LATTICE_PX
+    count = math.ceil(size / spec.core_size)
+    base, extra = divmod(units, count)
+    edges = [0]
+    for i in range(count):
+        edges.append(edges[-1] + (base + (1 if i < extra else 0)) * LATTICE_PX)
+    return edges
+
+
+def _cell_rows(job: CellJob, objects: list[DetectedObject]):
+    pixel = job.pixel_size
+    left, bottom, right, top = job.cell.bounds
+    core = box(*job.cell.bounds).intersection(box(*job.image_bounds))
+    margin = OBJECT_MARGIN_PX * pixel
+    region = (left - margin, bottom - margin, right + margin, top + margin)
+    aoi = shapely.from_wkb(job.aoi_wkb) if job.aoi_wkb else None
+    inner_borders = _inner_borders(job.cell.bounds, job.image_bounds, pixel)
+    for obj in objects:
+        geometry = obj.geometry
+        if not (_touches(geometry.bounds, region, pixel) or _large(geometry.bounds, margin)):
+            point = geometry.representative_point()
+            if (
+                _owns(job.cell.bounds, point)
+                and _owns(job.image_bounds, point)
+                and (aoi is None or aoi.contains(point))
+            ):
+                yield _row(obj, geometry, obj.area_m2, job.cell.id, part=False)
+            continue
+        clipped = geometry.intersection(core)
+        if clipped.is_empty or clipped.area <= 0:
+            continue
+        is_part = inner_borders is not None and clipped.intersects(inner_borders)
+        if not is_part and aoi is not None and not aoi.contains(clipped.representative_point()):
+            continue
+        area = clipped.area * job.metres_per_unit**2
+        yield _row(obj, clipped, area, job.cell.id, part=is_part)
+
+
+def _row(obj: DetectedObject, geometry, area_m2: float, cell_id: str, *, part: bool) -> dict:
+    return {
+        "geometry": shapely.to_wkb(geometry),
+        "class": obj.class_name,
+        "score": obj.score,
+        "area_m2": area_m2,
+        "cell": cell_id,
+        "part": part,
+    }
+
+
+def _owns(bounds: Bounds, point) -> bool:
+    """Half-open ownership, so a point on a shared border belongs to exactly one cell."""
+    left, bottom, right, top = bounds
+    return left <= point.x < right and bottom < point.y <= top
+
+
+def _touches(bounds: Bounds, region: Bounds, pixel: float) -> bool:
+    tolerance = EDGE_TOLERANCE_PX * pixel
+    return (
+        bounds[0] <= region[0] + tolerance
+        or bounds[1] <= region[1] + tolerance
+        or bounds[2] >= region[2] - tolerance
+        or bounds[3] >= region[3] - tolerance
+    )
+
+
+def _large(bounds: Bounds, margin: float) -> bool:
+    return bounds[2] - bounds[0] >= margin or bounds[3] - bounds[1] >= margin
+
+
+def _inner_borders(cell: Bounds, image: Bounds, pixel: float):
+    """The cell's borders shared with another cell (not the image's outer edge), as lines."""
+    left, bottom, right, top = cell
+    tolerance = EDGE_TOLERANCE_PX * pixel
+    lines = []
+    if left > image[0] + tolerance:
+        lines.append([(left, bottom), (left, top)])
+    if right < image[2] - tolerance:
+        lines.append([(right, bottom), (right, top)])
+    if top < image[3] - tolerance:
+        lines.append([(left, top), (right, top)])
+    if bottom > image[1] + tolerance:
+        lines.append([(left, bottom), (right, bottom)])
+    return shapely.multilinestrings(lines) if lines else None
+
+
+def _class_counts(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        if not row["part"]:
+            counts[row["class"]] = counts.get(row["class"], 0) + 1
+    return counts
+
+
+def _write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.partial")
+    try:
+        write(staging)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -1,0 +1,24 @@
+"""The Dask cluster exports (and training) run on: an existing scheduler when one is named,
+otherwise an in-process LocalCluster sized to this machine."""
+
+from __future__ import annotations
+
+import os
+
+from distributed import Client, LocalCluster
+
+
+def connect(address: str | None = None, threads: int | None = None):
+    """A client, and the LocalCluster behind it when this process made one (else None)."""
+    if address:
+        return Client(address, timeout="30s"), None
+    # One worker in this process: onnxruntime already uses every core for one window, so more
+    # worker processes only split the same cores (bench/export_throughput.py measures it);
+    # two threads let one cell read and post-process while another infers.
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=threads or min(2, os.cpu_count() or 1),
+        processes=False,
+        dashboard_address=None,
+    )
+    return Client(cluster), cluster

@@ -1,0 +1,288 @@
+"""Export jobs in the server: validate a request, record it, and drive its sweep on Dask in a
+background thread; resume unfinished exports when the server starts again.
+
+The Dask client is made on first use: an in-process LocalCluster by default, or the scheduler
+at `TILEDETECT_DASK_SCHEDULER`, whose workers must see the same blob store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC
+
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from catalog.blobstore import LocalBlobStore
+from catalog.exports import ExportStore, export_prefix
+from catalog.images import ImageCatalog
+from catalog.models import ExportRecord, ExportState, utcnow
+from export.cluster import connect
+from export.run import (
+    ExportInputError,
+    ExportSource,
+    aoi_in_image_crs,
+    plan_cells,
+    run_export,
+    write_result,
+)
+from export.sweep import SweepOptions, SweepState
+from export.writers import FORMATS, format_named
+from server.detection_layers import DetectionLayers
+from server.settings import Settings
+
+log = logging.getLogger("tiledetect.exports")
+
+LAYER_SOURCE = "objects.gpkg"  # every finished export also keeps this, for low-zoom tiles
+
+
+class ExportService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ExportStore,
+        images: ImageCatalog,
+        layers: DetectionLayers,
+        blobs: LocalBlobStore,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.images = images
+        self.layers = layers
+        self.blobs = blobs
+        self._client = None
+        self._cluster = None
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._cancel: set[str] = set()
+        self._stopping = threading.Event()
+
+    # Requests ----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        detector_id: str,
+        image_id: str,
+        fmt: str = "geojson",
+        aoi: dict | None = None,
+        crs: str | None = None,
+        version: int | None = None,
+    ) -> ExportRecord:
+        """Validate everything first; nothing is recorded or started for a bad request."""
+        output = format_named(fmt)
+        if crs is not None:
+            try:
+                CRS.from_user_input(crs)
+            except CRSError as exc:
+                raise ExportInputError(f"unknown CRS {crs!r}: {exc}") from exc
+        layer = self.layers.layer(detector_id, image_id, version)  # 404 / 409 / bands don't fit
+        image = self.images.get(image_id)
+        aoi_in_image_crs(aoi, image.meta)
+        record = self.store.create(
+            detector_id=detector_id,
+            version_id=layer.version_id,
+            version_number=self.layers.detectors.version(detector_id, version).number,
+            image_id=image_id,
+            format=output.name,
+            crs=crs,
+            aoi=aoi,
+        )
+        self._launch(record.id)
+        return self.store.get(record.id)
+
+    def cancel(self, export_id: str) -> ExportRecord:
+        record = self.store.get(export_id)
+        if record.state in ExportState.UNFINISHED:
+            with self._lock:
+                running = export_id in self._threads
+                self._cancel.add(export_id)
+            if not running:
+                self.store.finish(export_id, ExportState.CANCELLED)
+        return self.store.get(export_id)
+
+    def resume(self, export_id: str) -> ExportRecord:
+        """Continue an export that did not finish cleanly; cells already done are skipped."""
+        record = self.store.get(export_id)
+        if record.state == ExportState.DONE:
+            return record
+        with self._lock:
+            if export_id in self._threads:
+                return record
+            self._cancel.discard(export_id)
+        self.store.update(export_id, state=ExportState.QUEUED, error=None, finished_at=None)
+        self._launch(export_id)
+        return self.store.get(export_id)
+
+    def resume_unfinished(self) -> list[str]:
+        """On start-up: pick up exports a previous server process left queued or running."""
+        ids = [r.id for r in self.store.unfinished()]
+        for export_id in ids:
+            self._launch(export_id)
+        return ids
+
+    def result_path(self, record: ExportRecord):
+        return self.blobs.path(record.result_key) if record.result_key else None
+
+    def layer_source(self, version_id: str, image_id: str):
+        """The object file of the newest whole-image export, or None."""
+        record = self.store.latest_done(version_id, image_id)
+        if record is None or record.aoi is not None:
+            return None
+        path = self.blobs.path(f"{export_prefix(record.id)}/{LAYER_SOURCE}")
+        return path if path.is_file() else None
+
+    # Running -----------------------------------------------------------------------------------
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                self._client, self._cluster = connect(
+                    self.settings.dask_scheduler, threads=self.settings.dask_threads
+                )
+            return self._client
+
+    def _launch(self, export_id: str) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(export_id,), name=f"export-{export_id}", daemon=True
+        )
+        with self._lock:
+            self._threads[export_id] = thread
+        thread.start()
+
+    def _run(self, export_id: str) -> None:
+        try:
+            self._sweep(export_id)
+        except Exception as exc:  # a job must end in a truthful state, whatever went wrong
+            log.exception("export %s failed", export_id)
+            self.store.finish(export_id, ExportState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._threads.pop(export_id, None)
+                self._cancel.discard(export_id)
+
+    def _sweep(self, export_id: str) -> None:
+        record = self.store.get(export_id)
+        layer = self.layers.layer(record.detector_id, record.image_id, record.version_number)
+        image = self.images.get(record.image_id)
+        source = ExportSource(
+            cog_path=layer.cog_path,
+            onnx_path=str(
+                self.layers.detectors.onnx_path(
+                    self.layers.detectors.version(record.detector_id, record.version_number)
+                )
+            ),
+            spec=layer.spec,
+            image_meta=image.meta,
+        )
+        prefix = export_prefix(export_id)
+        export_dir = self.blobs.path(prefix)
+        jobs = plan_cells(
+            source,
+            export_dir,
+            aoi_in_image_crs(record.aoi, image.meta),
+            self.settings.export_cell_px,
+        )
+        started = time.monotonic()
+        self.store.update(
+            export_id,
+            state=ExportState.RUNNING,
+            cells_total=len(jobs),
+            started_at=record.started_at or utcnow(),
+        )
+        progress = _ProgressWriter(self.store, export_id, started)
+        output = FORMATS[record.format]
+        out_key = f"{prefix}/result{output.extension}"
+        outcome = run_export(
+            self.client(),
+            export_id,
+            source,
+            jobs,
+            self.blobs.path(out_key),
+            output,
+            CRS.from_user_input(record.crs) if record.crs else None,
+            SweepOptions(
+                retries=self.settings.export_retries,
+                backoff_s=self.settings.export_backoff_s,
+                resources=self.settings.dask_resources(),
+            ),
+            on_progress=progress,
+            cancelled=lambda: export_id in self._cancel or self._stopping.is_set(),
+        )
+        if outcome.state == "cancelled":
+            if self._stopping.is_set() and export_id not in self._cancel:
+                return  # server shutting down: stays `running`, resumed on the next start
+            self.store.finish(export_id, ExportState.CANCELLED)
+            return
+        if output.name != "gpkg" and record.aoi is None:
+            write_result(source, jobs, export_dir / LAYER_SOURCE, format_named("gpkg"))
+        elif record.aoi is None:
+            os.link(self.blobs.path(out_key), export_dir / LAYER_SOURCE)
+        self.store.finish(
+            export_id,
+            ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
+            summary=outcome.summary,
+            objects=outcome.summary.get("objects", 0),
+            failures=outcome.sweep.failed or None,
+            cells_done=len(outcome.sweep.done),
+            cells_failed=len(outcome.sweep.failed),
+            result_key=out_key,
+            result_bytes=self.blobs.path(out_key).stat().st_size,
+            eta_seconds=0.0,
+        )
+
+    def close(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout=10)
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+class _ProgressWriter:
+    """Writes sweep progress to the record at most twice a second, with a time-left estimate."""
+
+    def __init__(self, store: ExportStore, export_id: str, started: float) -> None:
+        self.store = store
+        self.export_id = export_id
+        self.started = started
+        self.first_done: int | None = None
+        self.last = 0.0
+
+    def __call__(self, state: SweepState) -> None:
+        now = time.monotonic()
+        done = len(state.done)
+        if self.first_done is None:
+            self.first_done = done  # cells done by an earlier run don't count for the rate
+        if now - self.last < 0.5 and done + len(state.failed) < state.total:
+            return
+        self.last = now
+        fresh = done - self.first_done
+        remaining = state.total - done - len(state.failed)
+        eta = (now - self.started) / fresh * remaining if fresh else None
+        self.store.update(
+            self.export_id,
+            cells_done=done,
+            cells_failed=len(state.failed),
+            objects=state.objects,
+            failures=dict(state.failed) or None,
+            eta_seconds=round(eta, 1) if eta is not None else None,
+        )
+
+
+def elapsed_seconds(record: ExportRecord) -> float | None:
+    if record.started_at is None:
+        return None
+    end = record.finished_at or utcnow()
+    start = record.started_at
+    if start.tzinfo is None:  # SQLite returns naive datetimes
+        start = start.replace(tzinfo=UTC)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    return round((end - start).total_seconds(), 1)

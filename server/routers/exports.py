@@ -1,0 +1,84 @@
+"""Bulk exports: start one over an image or AOI, follow it, cancel, resume, download."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from catalog.errors import ConflictError
+from export.writers import FORMATS
+from server.dependencies import get_services
+from server.exports import elapsed_seconds
+from server.schemas import ExportOut, ExportRequest
+from server.services import Services
+
+router = APIRouter(tags=["exports"])
+
+ExportId = Annotated[str, Path(description="Export id (from POST .../exports).")]
+
+
+def _out(record) -> ExportOut:
+    return ExportOut.of(record, elapsed_seconds(record))
+
+
+@router.post(
+    "/api/detectors/{detector_id}/images/{image_id}/exports",
+    status_code=202,
+    response_model=ExportOut,
+    summary="Detect objects over a whole image (or an AOI) in Dask grid cells, into a file",
+)
+async def start_export(
+    detector_id: str,
+    image_id: str,
+    request: ExportRequest,
+    services: Annotated[Services, Depends(get_services)],
+) -> ExportOut:
+    record = await run_in_threadpool(
+        services.exports.start,
+        detector_id,
+        image_id,
+        request.format,
+        request.aoi,
+        request.crs,
+        request.version,
+    )
+    return _out(record)
+
+
+@router.get("/api/exports", response_model=list[ExportOut], summary="List exports, newest first")
+def list_exports(services: Annotated[Services, Depends(get_services)]) -> list[ExportOut]:
+    return [_out(r) for r in services.exports.store.list()]
+
+
+@router.get("/api/exports/{export_id}", response_model=ExportOut, summary="Progress of an export")
+def get_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
+    return _out(services.exports.store.get(export_id))
+
+
+@router.post("/api/exports/{export_id}/cancel", response_model=ExportOut, summary="Cancel")
+def cancel_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
+    return _out(services.exports.cancel(export_id))
+
+
+@router.post(
+    "/api/exports/{export_id}/resume",
+    response_model=ExportOut,
+    summary="Continue an unfinished, failed, partial or cancelled export (done cells are kept)",
+)
+def resume_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
+    return _out(services.exports.resume(export_id))
+
+
+@router.get("/api/exports/{export_id}/download", summary="The finished export's file")
+def download_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
+    record = services.exports.store.get(export_id)
+    path = services.exports.result_path(record)
+    if record.state not in ("done", "partial") or path is None or not path.is_file():
+        raise ConflictError(f"export {export_id} is {record.state}; its file is not ready")
+    fmt = FORMATS[record.format]
+    return FileResponse(
+        path, media_type=fmt.media_type, filename=f"export-{export_id}{fmt.extension}"
+    )

@@ -8,6 +8,7 @@ point, so each appears in exactly one tile's GeoJSON.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -56,7 +57,12 @@ def expand(bounds: tuple[float, ...], margin: float) -> tuple[float, float, floa
 
 def minzoom(layer: Layer, tms: morecantile.TileMatrixSet, latitude: float) -> int:
     """The lowest zoom whose tiles need at most MAX_WINDOWS_PER_TILE windows."""
-    ground_per_window = layer.grid.core * layer.spec.resolution_m
+    return _minzoom(layer.grid.core * layer.spec.resolution_m, tms.id, latitude)
+
+
+@functools.lru_cache(maxsize=4096)
+def _minzoom(ground_per_window: float, tms_id: str, latitude: float) -> int:
+    tms = morecantile.tms.get(tms_id)
     metres_per_unit = _metres_per_tms_unit(tms, latitude)
     for zoom in range(tms.minzoom, tms.maxzoom + 1):
         matrix = tms.matrix(zoom)
@@ -86,9 +92,12 @@ async def tile_mosaic(
 ) -> tuple[Mosaic | None, tuple[float, ...]]:
     bounds = tile_bounds_in_image_crs(layer, request)
     reach = expand(bounds, margin_px * layer.grid.pixel_size)
-    if len(layer.grid.windows_for(reach)) > MAX_WINDOWS_PER_TILE:
-        west, south, east, north = request.tms.bounds(request.tile)
-        raise BelowMinZoom(minzoom(layer, request.tms, (south + north) / 2))
+    # By zoom, not by this tile's window count, so a zoomed-out view is uniform up to the image
+    # edge (edge tiles would need fewer windows); the count still guards odd grids.
+    west, south, east, north = request.tms.bounds(request.tile)
+    lowest = minzoom(layer, request.tms, round((south + north) / 2, 1))
+    if request.tile.z < lowest or len(layer.grid.windows_for(reach)) > MAX_WINDOWS_PER_TILE:
+        raise BelowMinZoom(lowest)
     return await engine.mosaic(layer, reach), bounds
 
 
@@ -110,6 +119,50 @@ def render_overlay(layer: Layer, mosaic: Mosaic | None, request: TileRequest) ->
                 rgba[band][here] = rgb[band]
         rgba[3] = np.where(shown, 110 + 120 * strength, 0).astype(np.uint8)
     return render(rgba[:3], mask=rgba[3], img_format="PNG")
+
+
+def render_objects_overlay(
+    layer: Layer, objects: list[DetectedObject], request: TileRequest
+) -> bytes:
+    """PNG of finished objects (an export's), in class colours: for zooms without inference."""
+    from rasterio.features import rasterize
+    from rasterio.transform import from_bounds
+
+    size = request.size
+    rgba = np.zeros((4, size, size), np.uint8)
+    if objects:
+        to_tile = Transformer.from_crs(
+            layer.crs, request.tms.rasterio_crs, always_xy=True
+        ).transform
+        shapes = [
+            (shapely.transform(o.geometry, to_tile, interleaved=False), o.class_index + 1)
+            for o in objects
+        ]
+        transform = from_bounds(*request.tms.xy_bounds(request.tile), size, size)
+        classes = rasterize(shapes, out_shape=(size, size), transform=transform, dtype="uint8")
+        for class_index in range(len(layer.spec.class_names)):
+            here = classes == class_index + 1
+            for band, value in enumerate(_hex_to_rgb(layer.spec.color(class_index))):
+                rgba[band][here] = value
+        rgba[3] = np.where(classes > 0, 200, 0).astype(np.uint8)
+    return render(rgba[:3], mask=rgba[3], img_format="PNG")
+
+
+def objects_of_tile(
+    objects: list[DetectedObject], tile_bounds: tuple[float, ...], *, whole_only: bool
+) -> list[DetectedObject]:
+    """The tile's share of finished objects, by the same rule `tile_objects` applies."""
+    left, bottom, right, top = tile_bounds
+    area = box(*tile_bounds)
+    kept = []
+    for obj in objects:
+        if whole_only:
+            point = obj.geometry.representative_point()
+            if left <= point.x < right and bottom < point.y <= top:
+                kept.append(obj)
+        elif obj.geometry.intersects(area):
+            kept.append(obj)
+    return kept
 
 
 def _warp_to_tile(mosaic: Mosaic, request: TileRequest) -> np.ndarray:

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import geopandas
 import httpx
+import mapbox_vector_tile
+import morecantile
 import pyogrio
 import pytest
 import shapely
 from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from pyproj import Transformer
+from rasterio.io import MemoryFile
 
 from export.run import ExportSource, image_meta, plan_cells, run_export
 from export.sweep import SweepOptions
@@ -165,6 +168,46 @@ def _moved(transformer, xy):
 
     x, y = transformer.transform(xy[:, 0], xy[:, 1])
     return np.column_stack([x, y])
+
+
+def test_a_finished_export_draws_the_zoomed_out_detection_layer(served):
+    """Below the on-the-fly minimum zoom, tiles come from the export: every object exactly once
+    over the tiles covering the image, and no inference run."""
+    client, image, detector = served
+    done = [
+        e
+        for e in client.get("/api/exports").json()
+        if e["state"] == "done" and e["aoi"] is None and e["image_id"] == image["id"]
+    ]
+    assert done, "runs after the whole-image exports above"
+    layer = f"/api/detectors/{detector['id']}/images/{image['id']}"
+    tilejson = client.get(f"{layer}/WebMercatorQuad/tilejson.json").json()
+    assert tilejson["minzoom"] == 0
+    tms = morecantile.tms.get("WebMercatorQuad")
+    west, south, east, north = image["bounds_wgs84"]
+    centre = tms.tile((west + east) / 2, (south + north) / 2, 8)
+    probe = client.get(f"{layer}/tiles/WebMercatorQuad/8/{centre.x}/{centre.y}.png")
+    zoom = int(probe.headers["x-tiledetect-minzoom"]) - 2
+    tiles = list(tms.tiles(*image["bounds_wgs84"], zooms=[zoom]))
+    engine = client.app.state.services.engine
+    before = engine.windows_computed
+    features, drawn, in_mvt = [], 0, 0
+    for tile in tiles:
+        base = f"{layer}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}"
+        response = client.get(base + ".geojson")
+        assert response.status_code == 200
+        assert response.headers["x-tiledetect-source"].startswith("export")
+        assert "x-tiledetect-empty" not in response.headers
+        features += response.json()["features"]
+        png = client.get(base + ".png")
+        with MemoryFile(png.content) as memfile, memfile.open() as dataset:
+            drawn += int((dataset.read(4) > 0).sum())
+        mvt = mapbox_vector_tile.decode(client.get(base + ".mvt").content)
+        in_mvt += len(mvt.get("objects", {}).get("features", []))
+    assert drawn > 0 and in_mvt >= len(features)  # MVT also holds objects cut by tile edges
+    assert engine.windows_computed == before
+    assert len(features) == done[-1]["objects"]
+    assert {f["properties"]["class"] for f in features} == set(done[-1]["summary"]["classes"])
 
 
 def test_export_over_an_aoi_and_in_another_crs(served, tmp_path):

@@ -9,15 +9,19 @@ import morecantile
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from export.layer_source import objects_in_bounds
 from inference.display import (
     OBJECT_MARGIN_PX,
     BelowMinZoom,
     TileRequest,
     minzoom,
     native_zoom,
+    objects_of_tile,
     render_geojson,
     render_mvt,
+    render_objects_overlay,
     render_overlay,
+    tile_bounds_in_image_crs,
     tile_mosaic,
     tile_objects,
 )
@@ -146,8 +150,16 @@ async def _render_tile(
     try:
         mosaic, bounds = await tile_mosaic(services.engine, layer, tile_request, OBJECT_MARGIN_PX)
     except BelowMinZoom as below:
-        headers["X-Tiledetect-Empty"] = str(below)
         headers["X-Tiledetect-Minzoom"] = str(below.minzoom)
+        source = await run_in_threadpool(
+            services.exports.layer_source, layer.version_id, layer.image_id
+        )
+        if source is not None:
+            headers["X-Tiledetect-Source"] = f"export {source.parent.name}"
+            return await run_in_threadpool(
+                _export_tile, layer, source, tile_request, format
+            ), headers
+        headers["X-Tiledetect-Empty"] = str(below)
         mosaic, bounds = None, None
     if format == "png":
         return await run_in_threadpool(render_overlay, layer, mosaic, tile_request), headers
@@ -161,6 +173,18 @@ async def _render_tile(
         collection = await run_in_threadpool(render_geojson, layer, objects)
         return json.dumps(collection).encode(), headers
     return await run_in_threadpool(render_mvt, layer, objects, tile_request), headers
+
+
+def _export_tile(layer, source, tile_request: TileRequest, format: str) -> bytes:
+    """A low-zoom tile drawn from a finished export's objects instead of inference."""
+    bounds = tile_bounds_in_image_crs(layer, tile_request)
+    objects = objects_in_bounds(source, bounds, layer.spec)
+    if format == "png":
+        return render_objects_overlay(layer, objects, tile_request)
+    if format == "geojson":
+        whole = objects_of_tile(objects, bounds, whole_only=True)
+        return json.dumps(render_geojson(layer, whole)).encode()
+    return render_mvt(layer, objects_of_tile(objects, bounds, whole_only=False), tile_request)
 
 
 @router.get(LAYER + "/{tileMatrixSetId}/tilejson.json", summary="TileJSON of a detection layer")
@@ -179,6 +203,8 @@ def detection_tilejson(
     west, south, east, north = image.meta["bounds_wgs84"]
     latitude = (south + north) / 2
     low, high = minzoom(layer, tms, latitude), native_zoom(layer, tms, latitude)
+    if services.exports.layer_source(layer.version_id, image_id) is not None:
+        low = 0  # a finished export draws the zoomed-out tiles
     query = f"?version={version}" if version else ""
     root = f"{request.base_url}api/detectors/{detector_id}/images/{image_id}"
     tilejson = {

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
@@ -33,36 +34,62 @@ class DetectorCatalog:
         *,
         metrics: dict | None = None,
         source: str = "import",
+        attachments: dict[str, Path] | None = None,
     ) -> DetectorVersionRecord:
-        """Copy a validated ONNX file into the store and record it as the next version."""
+        """Copy a validated ONNX file (and files that go with it, such as a training report)
+        into the store, then record it as the next version: files first, so a recorded version
+        always has them."""
         self.get(detector_id)
         version_id = new_id()
         key = f"detectors/{detector_id}/{version_id}.onnx"
-        staging = self.blobs.staging_path(key)
-        shutil.copyfile(onnx_file, staging)
-        size = self.blobs.commit(staging, key)
+        copied = [key]
         try:
-            with self.db.transaction() as session:
-                number = session.scalar(
-                    select(func.coalesce(func.max(DetectorVersionRecord.number), 0)).where(
-                        DetectorVersionRecord.detector_id == detector_id
+            size = self._copy_in(onnx_file, key)
+            for name, path in (attachments or {}).items():
+                copied.append(self.attachment_key(detector_id, version_id, name))
+                self._copy_in(path, copied[-1])
+            for attempt in range(5):
+                try:
+                    return self._record_version(
+                        version_id, detector_id, key, size, spec, metrics, source
                     )
-                )
-                record = DetectorVersionRecord(
-                    id=version_id,
-                    detector_id=detector_id,
-                    number=number + 1,
-                    onnx_key=key,
-                    onnx_bytes=size,
-                    spec=spec.as_dict(),
-                    metrics=metrics,
-                    source=source,
-                )
-                session.add(record)
+                except IntegrityError:  # another version took the number; take the next
+                    if attempt == 4:
+                        raise
         except BaseException:
-            self.blobs.delete_prefix(key)
+            for stored in copied:
+                self.blobs.delete_prefix(stored)
             raise
+        raise AssertionError("unreachable")
+
+    def _copy_in(self, path: Path, key: str) -> int:
+        staging = self.blobs.staging_path(key)
+        shutil.copyfile(path, staging)
+        return self.blobs.commit(staging, key)
+
+    def _record_version(self, version_id, detector_id, key, size, spec, metrics, source):
+        with self.db.transaction() as session:
+            number = session.scalar(
+                select(func.coalesce(func.max(DetectorVersionRecord.number), 0)).where(
+                    DetectorVersionRecord.detector_id == detector_id
+                )
+            )
+            record = DetectorVersionRecord(
+                id=version_id,
+                detector_id=detector_id,
+                number=number + 1,
+                onnx_key=key,
+                onnx_bytes=size,
+                spec=spec.as_dict(),
+                metrics=metrics,
+                source=source,
+            )
+            session.add(record)
         return record
+
+    @staticmethod
+    def attachment_key(detector_id: str, version_id: str, name: str) -> str:
+        return f"detectors/{detector_id}/{version_id}/{name}"
 
     def get(self, detector_id: str) -> DetectorRecord:
         with self.db.transaction() as session:

@@ -24,8 +24,21 @@ class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, kind: str, *, image_id: str | None = None, message: str = "") -> JobRecord:
-        record = JobRecord(kind=kind, image_id=image_id, message=message, owner=process_owner())
+    def create(
+        self,
+        kind: str,
+        *,
+        image_id: str | None = None,
+        detector_id: str | None = None,
+        message: str = "",
+    ) -> JobRecord:
+        record = JobRecord(
+            kind=kind,
+            image_id=image_id,
+            detector_id=detector_id,
+            message=message,
+            owner=process_owner(),
+        )
         with self.db.transaction() as session:
             session.add(record)
         return record
@@ -50,6 +63,10 @@ class JobStore:
         if message is not None:
             fields["message"] = message
         self._update(job_id, **fields)
+
+    def report(self, job_id: str, fraction: float, message: str, details: dict[str, Any]) -> None:
+        """Live progress of a running job: fraction, a readable line, and structured details."""
+        self._update(job_id, progress=max(0.0, min(1.0, fraction)), message=message, result=details)
 
     def succeed(self, job_id: str, result: dict[str, Any], message: str = "done") -> None:
         self._update(

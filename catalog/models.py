@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -65,6 +65,7 @@ class JobRecord(Base):
     image_id: Mapped[str | None] = mapped_column(
         String(32), ForeignKey("images.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    detector_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -83,6 +84,8 @@ class DetectorVersionRecord(Base):
     """One trained (or imported) ONNX file of a detector; versions only ever get added."""
 
     __tablename__ = "detector_versions"
+    # Two trainings finishing at once cannot both become version n.
+    __table_args__ = (UniqueConstraint("detector_id", "number"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     detector_id: Mapped[str] = mapped_column(
@@ -142,3 +145,17 @@ class ExportRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AnnotationSetRecord(Base):
+    """A detector's annotations: the validated GeoJSON as posted, and a revision counter."""
+
+    __tablename__ = "annotation_sets"
+
+    detector_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("detectors.id", ondelete="CASCADE"), primary_key=True
+    )
+    collection: Mapped[dict[str, Any]] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

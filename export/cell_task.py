@@ -14,29 +14,23 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from affine import Affine
-from rasterio.crs import CRS
 from shapely.geometry import box
 
 from export.cells import Cell
-from inference.format import DetectorSpec
 from inference.objects import DetectedObject, extract_objects
-from inference.reading import read_region
+from inference.region import RegionRequest, infer_region
 from inference.session import Detector, load_detector
 from inference.windows import Bounds
 
 OBJECT_MARGIN_PX = 64  # as display tiles: objects up to this size cross a border whole
-LATTICE_PX = 16  # chunk sizes and offsets keep to the network's stride lattice
 EDGE_TOLERANCE_PX = 0.5
 
 CELL_SCHEMA = pa.schema(
@@ -96,7 +90,7 @@ def run_cell(job: CellJob) -> dict:
         raise RuntimeError(f"cell {job.cell.id}: failure injected by {job.fail_marker}")
     started = time.perf_counter()
     detector = _detector(job.onnx_path)
-    probabilities, transform, timings = infer_region(job, detector)
+    probabilities, transform, timings = infer_region(cell_region(job), detector)
     objects = extract_objects(
         probabilities, transform, detector.spec, metres_per_unit=job.metres_per_unit
     )
@@ -117,71 +111,21 @@ def run_cell(job: CellJob) -> dict:
     return summary
 
 
-def infer_region(job: CellJob, detector: Detector) -> tuple[np.ndarray, Affine, dict]:
-    """Probabilities over the cell core plus the object margin, computed in chunks that keep to
-    the window lattice (so they equal the on-the-fly windows'), from one read of the pixels."""
-    spec = detector.spec
-    pixel = job.pixel_size
-    margin = OBJECT_MARGIN_PX
-    left, bottom, right, top = job.cell.bounds
+def cell_region(job: CellJob) -> RegionRequest:
+    """The cell's core plus the object margin (cores and margin are on the lattice)."""
+    pixel, margin = job.pixel_size, OBJECT_MARGIN_PX
+    left, _bottom, right, top = job.cell.bounds
     size = round((right - left) / pixel) + 2 * margin  # square: cells are whole windows
-    origin_x, origin_y = left - margin * pixel, top + margin * pixel
-    context = spec.overlap_px
-    read_started = time.perf_counter()
-    pixels = read_region(
-        job.cog_path,
-        CRS.from_wkt(job.crs_wkt),
-        (
-            origin_x - context * pixel,
-            origin_y - (size + context) * pixel,
-            origin_x + (size + context) * pixel,
-            origin_y + context * pixel,
-        ),
-        (size + 2 * context, size + 2 * context),
-        spec,
-        job.image_gsd,
+    return RegionRequest(
+        cog_path=job.cog_path,
+        crs_wkt=job.crs_wkt,
+        image_gsd=job.image_gsd,
+        origin_x=left - margin * pixel,
+        origin_y=top + margin * pixel,
+        width=size,
+        height=size,
+        pixel_size=pixel,
     )
-    read_seconds = time.perf_counter() - read_started
-    edges = chunk_edges(size, spec)
-    spans = list(zip(edges[:-1], edges[1:], strict=True))
-    chunks = [(rows, cols) for rows in spans for cols in spans]
-    # Same-shaped chunks go to the model together (GPU batching); on CPU one at a time is as fast.
-    batch = 8 if detector.provider == "CUDAExecutionProvider" else 1
-    by_shape: dict[tuple[int, int], list] = {}
-    for rows, cols in chunks:
-        by_shape.setdefault((rows[1] - rows[0], cols[1] - cols[0]), []).append((rows, cols))
-    probabilities = np.empty((1 + len(spec.class_names), size, size), np.float32)
-    infer_seconds = 0.0
-    for group in by_shape.values():
-        for first in range(0, len(group), batch):
-            members = group[first : first + batch]
-            inputs = np.stack(
-                [
-                    pixels[:, r0 : r1 + 2 * context, c0 : c1 + 2 * context]
-                    for (r0, r1), (c0, c1) in members
-                ]
-            )
-            started = time.perf_counter()
-            outputs = detector.run(inputs)
-            infer_seconds += time.perf_counter() - started
-            for ((r0, r1), (c0, c1)), out in zip(members, outputs, strict=True):
-                probabilities[:, r0:r1, c0:c1] = out[
-                    :, context : context + r1 - r0, context : context + c1 - c0
-                ]
-    transform = Affine(pixel, 0, origin_x, 0, -pixel, origin_y)
-    timings = {"read_seconds": round(read_seconds, 3), "infer_seconds": round(infer_seconds, 3)}
-    return probabilities, transform, timings
-
-
-def chunk_edges(size: int, spec: DetectorSpec) -> list[int]:
-    """Split `size` px into near-equal chunks no larger than a window core, on the lattice."""
-    units = size // LATTICE_PX
-    count = math.ceil(size / spec.core_size)
-    base, extra = divmod(units, count)
-    edges = [0]
-    for i in range(count):
-        edges.append(edges[-1] + (base + (1 if i < extra else 0)) * LATTICE_PX)
-    return edges
 
 
 def _cell_rows(job: CellJob, objects: list[DetectedObject]):

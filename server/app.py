@@ -14,7 +14,7 @@ from inference.session import available_providers
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
 from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
-from server.routers import detections, exports, imagery, images, wmts
+from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(detections.router)
     app.include_router(exports.router)
+    app.include_router(training.router)
     app.include_router(wmts.router)
 
     @app.get("/healthz", tags=["service"], summary="200 once the server is ready")

@@ -258,6 +258,88 @@ def images_delete(image_id: str, data_dir: DataDir = None) -> None:
 
 
 @app.command()
+def train(
+    image: Annotated[
+        Path, typer.Argument(help="GeoTIFF the annotations are drawn on.", exists=True)
+    ],
+    annotations: Annotated[
+        Path,
+        typer.Option(
+            "--annotations",
+            help="GeoJSON (WGS84): training/testing/accuracy areas and labels with a class.",
+            exists=True,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.onnx and report.json.")],
+    seconds: Annotated[
+        float | None, typer.Option(help="Training budget (default: suits the hardware).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Train exactly this many steps.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated classes (default: those labelled).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Detector name.")] = None,
+) -> None:
+    """Train a detector from annotations on one image; writes OUT/model.onnx and OUT/report.json."""
+    from export.run import image_meta
+    from trainer.annotations import AnnotationError, parse_annotations
+    from trainer.data import ImageSource
+    from trainer.train import TrainingRequest, default_seconds, train_detector
+
+    try:
+        collection = json.loads(annotations.read_text())
+        meta = image_meta(image)
+        names = _classes_of(collection, classes)
+        parsed = parse_annotations(
+            collection,
+            classes=names,
+            image_crs_wkt=meta["crs_wkt"],
+            image_bounds=tuple(meta["bounds"]),
+        )
+    except (AnnotationError, ValueError, TileDetectError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    request = TrainingRequest(
+        name=name or image.stem,
+        class_names=tuple(names),
+        images={"image": ImageSource("image", str(image.resolve()), meta)},
+        annotations={"image": parsed},
+        seconds=seconds,
+        steps=steps,
+    )
+    budget = seconds or default_seconds()
+    with _progress_bar() as bar:
+        task = bar.add_task(f"training on {len(parsed.labels)} labels", total=1.0)
+
+        def show(state) -> None:
+            bar.update(
+                task,
+                completed=state.fraction,
+                description=f"step {state.step} · loss {state.loss:.3f}",
+            )
+
+        report = train_detector(request, out, progress=show)
+    summary = {k: v for k, v in report.items() if k not in ("loss_curve",)}
+    summary["budget_seconds"] = None if steps else budget
+    typer.echo(json.dumps(summary))
+
+
+def _classes_of(collection: dict, given: str | None) -> list[str]:
+    if given:
+        return [c.strip() for c in given.split(",") if c.strip()]
+    found = []
+    for feature in collection.get("features", []) if isinstance(collection, dict) else []:
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if isinstance(props, dict) and props.get("role", "label") in ("label", None):
+            cls = props.get("class")
+            if isinstance(cls, str) and cls not in found:
+                found.append(cls)
+    if not found:
+        raise ValueError("no labelled class found; give --classes")
+    return found
+
+
+@app.command()
 def detect(
     model: Annotated[Path, typer.Argument(help="Detector ONNX file.", exists=True, dir_okay=False)],
     image: Annotated[Path, typer.Argument(help="GeoTIFF (or COG) to sweep.", exists=True)],

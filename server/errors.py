@@ -12,6 +12,7 @@ from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
 from tiles.errors import InvalidImageError
+from trainer.annotations import AnnotationError
 
 
 class UploadError(Exception):
@@ -33,6 +34,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     InvalidZoomError: status.HTTP_404_NOT_FOUND,
     TileArgParsingError: status.HTTP_400_BAD_REQUEST,
     ExportInputError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    AnnotationError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     UnknownFormatError: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 

@@ -20,6 +20,7 @@ class JobOut(BaseModel):
     error: str | None = None
     result: dict[str, Any] | None = None
     image_id: str | None = None
+    detector_id: str | None = None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
@@ -186,3 +187,17 @@ class ExportOut(BaseModel):
             created_at=record.created_at,
             finished_at=record.finished_at,
         )
+
+
+class DetectorCreate(BaseModel):
+    name: str = Field(..., min_length=1, max_length=255)
+    classes: list[str] = Field(..., min_length=1, description="Object classes, e.g. ['tree'].")
+
+
+class TrainRequest(BaseModel):
+    seconds: float | None = Field(
+        None, gt=0, le=3600, description="Training budget; default suits the hardware."
+    )
+    steps: int | None = Field(
+        None, ge=1, le=100_000, description="Train exactly this many steps instead (repeatable)."
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from catalog.annotations import AnnotationStore
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
 from catalog.detectors import DetectorCatalog
@@ -17,6 +18,7 @@ from inference.session import available_providers
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
 from server.settings import Settings
+from server.training import TrainingService
 from tiles.source import SourceLimits
 
 
@@ -32,6 +34,7 @@ class Services:
     engine: DetectionEngine
     rendered_tiles: RenderedTileCache
     exports: ExportService
+    training: TrainingService
 
     def close(self) -> None:
         self.exports.close()
@@ -61,6 +64,10 @@ def build_services(settings: Settings) -> Services:
         max_wait_s=settings.detection_batch_wait_ms / 1000,
     )
     layers = DetectionLayers(images, detectors)
+    exports = ExportService(settings, ExportStore(db), images, layers, blobs)
+    training = TrainingService(
+        settings, detectors, AnnotationStore(db), images, jobs, layers, exports, blobs
+    )
     return Services(
         settings=settings,
         db=db,
@@ -71,5 +78,6 @@ def build_services(settings: Settings) -> Services:
         layers=layers,
         engine=engine,
         rendered_tiles=RenderedTileCache(settings.detection_cache_bytes // 8),
-        exports=ExportService(settings, ExportStore(db), images, layers, blobs),
+        exports=exports,
+        training=training,
     )

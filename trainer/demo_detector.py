@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,39 +30,28 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.features import rasterize
-from torch import nn
 
 from inference.format import DetectorSpec, embed_spec
 from inference.session import load_detector
 from scenes.synthetic import SceneObject, SceneSpec, plan_scene, write_scene
+from trainer.loop import TrainConfig, train
+from trainer.network import (
+    MULTIPLE,
+    SegmentationNet,
+    export_onnx,
+    onnx_torch_difference,
+)
+from trainer.targets import touching_edges
 
 CLASS_NAMES = ("tree", "building", "car")
 TRAIN_SEEDS = (101, 102, 103, 104)
 TRAIN_SIZE = 2048  # px; one scene renders in about a second
 HOLDOUT_SEED = 999
 HOLDOUT_SIZE = 1024
-MULTIPLE = 16  # the exported model takes any H, W that are multiples of this
-FINE_WIDTH = 16  # channels of the full-resolution refinement
 # Painting order in the renderer (cars, then roofs, then crowns): the visible object wins a pixel.
 PAINT_ORDER = ("car", "building", "tree")
 
 Progress = Callable[[float], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Knobs of one training run; the defaults are the recipe tuned for a 90 s CPU budget."""
-
-    widths: tuple[int, ...] = (24, 48, 64, 96)  # channels per U-Net level, from 1/2 to 1/16
-    chip: int = 128  # px; small chips buy more steps, which matter more than context here
-    batch: int = 8
-    peak_lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.08  # fraction of the run spent ramping the learning rate up
-    object_chips: float = 0.5  # share of chips centred on an object rather than anywhere
-    weight_power: float = 0.25  # cross-entropy class weight = (1 / frequency) ** power
-    dice: float = 1.0  # weight of the soft-Dice term added to the cross-entropy
-    density: float = 2.0  # objects per km² in training scenes, relative to the demo scene
 
 
 @dataclass(frozen=True)
@@ -123,24 +111,6 @@ def instance_classes(objects: Sequence[SceneObject]) -> np.ndarray:
     """Class index of instance number i at position i (0 for no instance)."""
     ordered = sorted(objects, key=lambda o: PAINT_ORDER.index(o.cls))
     return np.array([0] + [CLASS_NAMES.index(o.cls) + 1 for o in ordered], np.uint8)
-
-
-def touching_edges(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Pixels of an instance that touch (8-connected) a lower-numbered instance of its class.
-
-    Clearing only the higher-numbered side leaves a 1-px line, yet no pixel of one instance
-    still touches another, so the two come apart as separate connected components.
-    """
-    padded = np.pad(ids, 1)
-    height, width = ids.shape
-    edge = np.zeros(ids.shape, bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            other = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-            edge |= (other > 0) & (other < ids) & (classes[other] == classes[ids])
-    return edge
 
 
 def object_centres(spec: SceneSpec, objects: Sequence[SceneObject]) -> np.ndarray:
@@ -248,173 +218,7 @@ class ChipSampler:
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
-# Model -----------------------------------------------------------------------------------------
-
-
-def conv_block(cin: int, cout: int) -> nn.Sequential:
-    """Two 3x3 conv + BatchNorm + ReLU: the U-Net unit."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class DemoNet(nn.Module):
-    """A small U-Net behind a stride-2 stem, with a full-resolution refinement at the end.
-
-    Most work happens at half resolution (cars are still 3 px wide there), which on two CPU
-    cores buys about 1.6x more training steps than a full-resolution U-Net. Four levels reach
-    1/16, enough context to tell a flat roof from a concrete yard; the last layer sees the input
-    again at full resolution to place outlines and the gaps between touching crowns.
-    """
-
-    def __init__(self, widths: Sequence[int], classes: int = len(CLASS_NAMES) + 1) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        self.down = nn.ModuleList()
-        cin = widths[0]
-        for width in widths:
-            self.down.append(conv_block(cin, width))
-            cin = width
-        self.up = nn.ModuleList()
-        self.merge = nn.ModuleList()
-        for width in reversed(widths[:-1]):
-            self.up.append(nn.ConvTranspose2d(cin, width, 2, stride=2))
-            self.merge.append(conv_block(2 * width, width))
-            cin = width
-        self.to_full = nn.ConvTranspose2d(cin, FINE_WIDTH, 2, stride=2)
-        self.fine = nn.Sequential(
-            nn.Conv2d(FINE_WIDTH + 3, FINE_WIDTH, 3, padding=1, bias=False),
-            nn.BatchNorm2d(FINE_WIDTH),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(FINE_WIDTH, classes, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardised (N, 3, H, W), H and W multiples of 16 -> logits (N, classes, H, W)."""
-        features = self.stem(x)
-        skips = []
-        for i, block in enumerate(self.down):
-            features = block(features if i == 0 else nn.functional.max_pool2d(features, 2))
-            skips.append(features)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
-            features = merge(torch.cat([up(features), skip], dim=1))
-        return self.fine(torch.cat([self.to_full(features), x], dim=1))
-
-
-class WithSoftmax(nn.Module):
-    """What gets exported: per-class probabilities, as Deepness segmentors return."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
-
-
-# Training --------------------------------------------------------------------------------------
-
-
-def learning_rate(progress: float, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to zero over `progress` 0..1 of the budget."""
-    if progress < config.warmup:
-        return config.peak_lr * max(progress / config.warmup, 0.02)
-    fraction = (progress - config.warmup) / (1.0 - config.warmup)
-    return config.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0)))
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice, averaged over the object classes: rewards overlap directly, so scattered
-    false positives on roads cost as much as missed roofs."""
-    probabilities = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
-    overlap = (probabilities * onehot).sum(dim=(0, 2, 3))
-    total = probabilities.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    return 1.0 - ((2.0 * overlap + 1.0) / (total + 1.0)).mean()
-
-
-def train(
-    net: nn.Module,
-    sampler: ChipSampler,
-    weights: torch.Tensor,
-    config: TrainConfig,
-    *,
-    seconds: float,
-    seed: int,
-    steps: int | None = None,
-    progress: Progress | None = None,
-) -> tuple[int, float]:
-    """Train until the time budget (or a fixed step count, for exact reruns) is spent.
-
-    The schedule follows the fraction of the budget used, so whatever the machine's speed the
-    run warms up, peaks and decays fully. Returns the step count and the last smoothed loss.
-    """
-    rng = np.random.default_rng(seed)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=0.0, weight_decay=config.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
-    net.train()
-    start, step, smoothed = time.perf_counter(), 0, float("nan")
-    while True:
-        done = step / steps if steps else (time.perf_counter() - start) / seconds
-        if done >= 1.0:
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(done, config)
-        x, y = sampler.batch(rng)
-        logits = net(x)
-        loss = loss_fn(logits, y)
-        loss = loss + config.dice * dice_loss(logits, y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        smoothed = value if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * value
-        step += 1
-        if progress is not None:
-            progress(min(done, 1.0))
-    return step, smoothed
-
-
 # Export and evaluation -------------------------------------------------------------------------
-
-
-def export_onnx(net: nn.Module, path: Path) -> None:
-    """ONNX with softmax inside and dynamic N, H, W; no normalisation in the graph."""
-    model = WithSoftmax(net).eval()
-    example = torch.zeros(1, 3, 128, 128)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; we chose it
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["probabilities"],
-            dynamic_axes={"input": axes, "probabilities": axes},
-        )
-
-
-def onnx_torch_difference(net: nn.Module, path: Path, chips: torch.Tensor) -> float:
-    """Largest absolute difference between the ONNX file's and torch's probabilities."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = WithSoftmax(net).eval()(chips).numpy()
-    (actual,) = session.run(None, {"input": chips.numpy()})
-    return float(np.abs(actual - expected).max())
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int = MULTIPLE) -> np.ndarray:
@@ -482,11 +286,18 @@ def build_demo_detector(
     mean, std = band_stats(scenes)
     inputs = [standardise(s.image, mean, std) for s in scenes]
     sampler = ChipSampler(scenes, inputs, config)
-    net = DemoNet(config.widths)
+    net = SegmentationNet(config.widths, classes=len(CLASS_NAMES) + 1)
     weights = class_weights(scenes, config.weight_power)
     train_began = time.perf_counter()
     step_count, loss = train(
-        net, sampler, weights, config, seconds=seconds, seed=seed, steps=steps, progress=progress
+        net,
+        sampler,
+        weights,
+        config,
+        seconds=seconds,
+        seed=seed,
+        steps=steps,
+        progress=(lambda p: progress(p.fraction)) if progress is not None else None,
     )
     train_seconds = time.perf_counter() - train_began
     net.eval()

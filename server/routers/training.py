@@ -1,0 +1,106 @@
+"""Custom detectors: create, annotate, train; each training publishes a version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from catalog.errors import DetectorNotFoundError
+from server.dependencies import get_services
+from server.routers.detections import _describe
+from server.schemas import DetectorCreate, DetectorOut, DetectorVersionOut, JobOut, TrainRequest
+from server.services import Services
+
+router = APIRouter(prefix="/api/detectors", tags=["training"])
+
+ATTACHMENTS = {"report.json": "application/json", "predictions.geojson": "application/geo+json"}
+
+
+@router.post("", status_code=201, response_model=DetectorOut, summary="Create a detector")
+def create_detector(
+    body: DetectorCreate, services: Annotated[Services, Depends(get_services)]
+) -> DetectorOut:
+    record = services.training.create_detector(body.name, body.classes)
+    return _describe(services, record.id)
+
+
+@router.get("/{detector_id}/annotations", summary="The detector's annotations (GeoJSON)")
+def get_annotations(
+    detector_id: str, services: Annotated[Services, Depends(get_services)]
+) -> dict[str, Any]:
+    return services.training.get_annotations(detector_id)
+
+
+@router.put(
+    "/{detector_id}/annotations",
+    summary="Replace the annotations: areas (training/testing/accuracy) and labels, WGS84",
+)
+async def put_annotations(
+    detector_id: str,
+    services: Annotated[Services, Depends(get_services)],
+    collection: Annotated[Any, Body(description="A GeoJSON FeatureCollection.")],
+) -> dict[str, Any]:
+    return await run_in_threadpool(services.training.put_annotations, detector_id, collection)
+
+
+@router.post(
+    "/{detector_id}/train",
+    status_code=202,
+    response_model=JobOut,
+    summary="Train a new version from the annotations (a job: GET /api/jobs/{id})",
+)
+async def train(
+    detector_id: str,
+    services: Annotated[Services, Depends(get_services)],
+    body: TrainRequest | None = None,
+) -> JobOut:
+    body = body or TrainRequest()
+    job = await run_in_threadpool(services.training.start, detector_id, body.seconds, body.steps)
+    return JobOut.of(job)
+
+
+@router.get(
+    "/{detector_id}/versions",
+    response_model=list[DetectorVersionOut],
+    summary="Versions with their accuracy metrics",
+)
+def versions(
+    detector_id: str, services: Annotated[Services, Depends(get_services)]
+) -> list[DetectorVersionOut]:
+    services.detectors.get(detector_id)
+    return [
+        DetectorVersionOut.model_validate(v, from_attributes=True)
+        for v in services.detectors.versions(detector_id)
+    ]
+
+
+@router.get("/{detector_id}/versions/{number}/model.onnx", summary="A version's ONNX file")
+def version_model(
+    detector_id: str, number: int, services: Annotated[Services, Depends(get_services)]
+) -> FileResponse:
+    version = services.detectors.version(detector_id, number)
+    return FileResponse(
+        services.detectors.onnx_path(version),
+        media_type="application/octet-stream",
+        filename=f"{detector_id}-v{number}.onnx",
+    )
+
+
+@router.get(
+    "/{detector_id}/versions/{number}/{name}",
+    summary="A trained version's report.json or predictions.geojson (testing/accuracy areas)",
+)
+def version_attachment(
+    detector_id: str, number: int, name: str, services: Annotated[Services, Depends(get_services)]
+) -> FileResponse:
+    if name not in ATTACHMENTS:
+        raise DetectorNotFoundError(f"versions have no file {name!r}")
+    version = services.detectors.version(detector_id, number)
+    key = services.detectors.attachment_key(detector_id, version.id, name)
+    path = services.detectors.blobs.path(key)
+    if not path.is_file():
+        raise DetectorNotFoundError(f"version {number} has no {name} (it was imported)")
+    return FileResponse(path, media_type=ATTACHMENTS[name])

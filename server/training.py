@@ -1,0 +1,227 @@
+"""Custom detectors in the server: create one, keep its annotations, train it as a Dask job
+and publish each finished training as a new version that the detection layers serve at once."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from typing import Any
+
+from catalog.annotations import AnnotationStore
+from catalog.blobstore import LocalBlobStore
+from catalog.detectors import DetectorCatalog
+from catalog.images import ImageCatalog
+from catalog.jobs import JobStore
+from catalog.models import DetectorRecord, JobRecord
+from inference.session import load_detector
+from server.detection_layers import DetectionLayers
+from server.exports import ExportService
+from server.settings import Settings
+from trainer.annotations import AnnotationError, Annotations, parse_annotations
+from trainer.data import ImageSource
+from trainer.job import TrainingTask, read_progress, run_training
+from trainer.train import TrainingRequest
+
+log = logging.getLogger("tiledetect.training")
+
+TRAIN_JOB = "train"
+MAX_CLASSES = 16
+
+
+class TrainingService:
+    def __init__(
+        self,
+        settings: Settings,
+        detectors: DetectorCatalog,
+        annotations: AnnotationStore,
+        images: ImageCatalog,
+        jobs: JobStore,
+        layers: DetectionLayers,
+        exports: ExportService,  # owns the Dask client that training shares
+        blobs: LocalBlobStore,
+    ) -> None:
+        self.settings = settings
+        self.detectors = detectors
+        self.annotations = annotations
+        self.images = images
+        self.jobs = jobs
+        self.layers = layers
+        self.exports = exports
+        self.blobs = blobs
+        self._threads: dict[str, threading.Thread] = {}
+
+    def create_detector(self, name: str, classes: list[str]) -> DetectorRecord:
+        cleaned = [c.strip() for c in classes]
+        if not cleaned or len(cleaned) > MAX_CLASSES:
+            raise AnnotationError(f"a detector needs 1 to {MAX_CLASSES} classes")
+        if any(not c or len(c) > 64 for c in cleaned) or len(set(cleaned)) != len(cleaned):
+            raise AnnotationError("class names must be distinct, non-empty, at most 64 characters")
+        if "background" in cleaned:
+            raise AnnotationError('"background" is implicit; it cannot be a class')
+        return self.detectors.create(name.strip() or "detector", cleaned)
+
+    # Annotations -------------------------------------------------------------------------------
+
+    def put_annotations(self, detector_id: str, collection: Any) -> dict:
+        """Validate every feature against its image, then replace the stored set."""
+        detector = self.detectors.get(detector_id)
+        parsed = self.parse(detector, collection, require_labels=False)
+        counts: dict[str, int] = {}
+        for labelled in parsed.values():
+            for name, count in labelled.counts().items():
+                counts[name] = counts.get(name, 0) + count
+        record = self.annotations.put(detector_id, collection, counts)
+        return {"revision": record.revision, "counts": counts, "images": sorted(parsed)}
+
+    def get_annotations(self, detector_id: str) -> dict:
+        self.detectors.get(detector_id)
+        record = self.annotations.get(detector_id)
+        if record is None:
+            return {"type": "FeatureCollection", "features": [], "revision": 0}
+        return {**record.collection, "revision": record.revision}
+
+    def parse(
+        self, detector: DetectorRecord, collection: Any, *, require_labels: bool
+    ) -> dict[str, Annotations]:
+        """Features grouped by `properties.image_id`, each group validated against its image;
+        errors name the feature's index in the whole collection."""
+        if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
+            raise AnnotationError("annotations must be a GeoJSON FeatureCollection")
+        features = collection.get("features")
+        if not isinstance(features, list):
+            raise AnnotationError("the FeatureCollection has no features list")
+        groups: dict[str, list[int]] = {}
+        for index, feature in enumerate(features):
+            props = feature.get("properties") if isinstance(feature, dict) else None
+            image_id = props.get("image_id") if isinstance(props, dict) else None
+            if not isinstance(image_id, str):
+                raise AnnotationError(f"feature {index}: properties.image_id is missing", index)
+            groups.setdefault(image_id, []).append(index)
+        if require_labels and not groups:
+            raise AnnotationError("there are no annotations to train on: draw a training area")
+        parsed = {}
+        for image_id, indexes in groups.items():
+            try:
+                image = self.images.get(image_id)
+            except LookupError as exc:
+                raise AnnotationError(
+                    f"feature {indexes[0]}: no image with id {image_id!r}", indexes[0]
+                ) from exc
+            if image.meta is None:
+                raise AnnotationError(f"feature {indexes[0]}: image {image_id} is still ingesting")
+            subset = {"type": "FeatureCollection", "features": [features[i] for i in indexes]}
+            try:
+                parsed[image_id] = parse_annotations(
+                    subset,
+                    classes=detector.classes,
+                    image_crs_wkt=image.meta["crs_wkt"],
+                    image_bounds=tuple(image.meta["bounds"]),
+                    image_id=image_id,
+                    require_labels=False,
+                )
+            except AnnotationError as exc:
+                raise _renumbered(exc, indexes) from exc
+        if require_labels:
+            if not any(a.training for a in parsed.values()):
+                raise AnnotationError("there is no training area: draw one and label inside it")
+            if not any(a.labels for a in parsed.values()):
+                raise AnnotationError("there are no labels: outline some objects to learn from")
+        return parsed
+
+    # Training ----------------------------------------------------------------------------------
+
+    def start(
+        self, detector_id: str, seconds: float | None = None, steps: int | None = None
+    ) -> JobRecord:
+        """Validate the stored annotations, then queue the training; nothing starts otherwise."""
+        detector = self.detectors.get(detector_id)
+        stored = self.annotations.get(detector_id)
+        collection = stored.collection if stored else {"type": "FeatureCollection", "features": []}
+        parsed = self.parse(detector, collection, require_labels=True)
+        sources = {
+            image_id: ImageSource(
+                image_id, self.images.cog_path(image_id), self.images.get(image_id).meta
+            )
+            for image_id in parsed
+        }
+        request = TrainingRequest(
+            name=detector.name,
+            class_names=tuple(detector.classes),
+            images=sources,
+            annotations=parsed,
+            seconds=seconds,
+            steps=steps,
+        )
+        job = self.jobs.create(TRAIN_JOB, detector_id=detector_id, message="queued")
+        work = self.blobs.path(f"training/{job.id}")
+        task = TrainingTask(request, str(work))
+        thread = threading.Thread(
+            target=self._run, args=(job.id, detector_id, task), name=f"train-{job.id}", daemon=True
+        )
+        self._threads[job.id] = thread
+        thread.start()
+        return self.jobs.get(job.id)
+
+    def _run(self, job_id: str, detector_id: str, task: TrainingTask) -> None:
+        work = self.blobs.path(f"training/{job_id}")
+        try:
+            self.jobs.start(job_id, "waiting for a worker")
+            client = self.exports.client()
+            future = client.submit(
+                run_training,
+                task,
+                key=f"train-{job_id}",
+                pure=False,
+                resources=self.settings.dask_resources(),
+            )
+            while not future.done():
+                progress = read_progress(work)
+                if progress is not None:
+                    message = (
+                        f"step {progress['step']} · loss {progress['loss']:.3f} · "
+                        f"{progress['seconds_left']:.0f} s left"
+                    )
+                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, progress)
+                time.sleep(0.5)
+            report = future.result()
+            self.jobs.report(job_id, 0.95, "publishing the new version", read_progress(work) or {})
+            model = work / "model.onnx"
+            version = self.detectors.add_version(
+                detector_id,
+                model,
+                load_detector(model).spec,
+                metrics=report.get("metrics"),
+                source="train",
+                attachments={
+                    "report.json": work / "report.json",
+                    "predictions.geojson": work / "predictions.geojson",
+                },
+            )
+            self.layers.forget([])  # the latest version changed: serve it at once
+            self.jobs.succeed(
+                job_id,
+                {
+                    "detector_id": detector_id,
+                    "version": version.number,
+                    "metrics": report.get("metrics"),
+                    "report": {k: v for k, v in report.items() if k != "metrics"},
+                },
+                message=f"version {version.number} published",
+            )
+        except Exception as exc:  # the job must end in a truthful state, whatever happened
+            log.exception("training %s failed", job_id)
+            self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self._threads.pop(job_id, None)
+
+
+def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
+    """An error about the n-th feature of an image's subset, told about the whole collection."""
+    index = getattr(exc, "feature_index", None)
+    if index is None or index >= len(indexes):
+        return exc
+    message = str(exc).replace(f"feature {index}", f"feature {indexes[index]}", 1)
+    return AnnotationError(message, indexes[index])

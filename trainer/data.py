@@ -1,0 +1,214 @@
+"""Training data from annotations: each training area read once, at the detector's native
+resolution, through the reader serving uses (`inference.reading`), with its target raster.
+
+Inside a training area every pixel no label covers is background; outside it, pixels are IGNORE
+and teach nothing. Chips are drawn from the areas with flips, quarter turns and radiometric
+jitter, half of them centred on a labelled object, each class equally often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from shapely.geometry.base import BaseGeometry
+
+from inference.format import DetectorSpec
+from inference.reading import read_region
+from inference.region import snapped_request
+from trainer.annotations import Area, Label
+from trainer.loop import IGNORE, TrainConfig
+from trainer.targets import class_target
+
+POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image as the trainer needs it: a path GDAL opens and the catalogue's description."""
+
+    image_id: str
+    cog_path: str
+    meta: dict  # bounds, crs_wkt, resolution, gsd, count
+
+
+@dataclass
+class AreaData:
+    """One training area: pixels scaled to 0..1, the class target, object centres."""
+
+    pixels: np.ndarray  # (bands, H, W) float32 in 0..1 (standardised later)
+    target: np.ndarray  # (H, W) uint8; IGNORE outside the area
+    centres: np.ndarray  # (K, 3) row, col, class index of the labels
+
+
+def pixel_size_for(meta: dict, resolution_m: float) -> float:
+    """CRS units per pixel at `resolution_m` metres (as the window grid computes it)."""
+    return resolution_m * meta["resolution"][0] / meta["gsd"]
+
+
+def read_area(
+    source: ImageSource,
+    area: Area,
+    labels: Sequence[Label],
+    class_names: Sequence[str],
+    bands: Sequence[int],
+    resolution_m: float,
+    margin_px: int = 0,
+) -> AreaData:
+    """Read one area (its bounding box on the window lattice, plus `margin_px`) and rasterise
+    its labels; pixels outside the area's polygon are IGNORE."""
+    pixel = pixel_size_for(source.meta, resolution_m)
+    left, bottom, right, top = area.geometry.bounds
+    pad = margin_px * pixel
+    request = snapped_request(
+        source.cog_path, source.meta, (left - pad, bottom - pad, right + pad, top + pad), pixel
+    )
+    raw = DetectorSpec(
+        model_type="Segmentor",
+        class_names=tuple(class_names),
+        resolution_m=resolution_m,
+        tile_size=512,
+        overlap_px=0,
+        input_bands=tuple(bands),
+        mean=(0.0,) * len(bands),
+        std=(1.0,) * len(bands),
+    )
+    bounds = (
+        request.origin_x,
+        request.origin_y - request.height * pixel,
+        request.origin_x + request.width * pixel,
+        request.origin_y,
+    )
+    size = (request.width, request.height)
+    pixels = read_region(source.cog_path, _crs(source), bounds, size, raw, source.meta["gsd"])
+    transform = _transform(request.origin_x, request.origin_y, pixel)
+    shape = (request.height, request.width)
+    target = label_target(labels, class_names, transform, shape, resolution_m)
+    inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform, dtype="uint8")
+    target[inside == 0] = IGNORE
+    centres = _centres(labels, class_names, transform, shape)
+    return AreaData(pixels.astype(np.float32), target, centres)
+
+
+def label_target(
+    labels: Sequence[Label],
+    class_names: Sequence[str],
+    transform,
+    shape: tuple[int, int],
+    resolution_m: float,
+) -> np.ndarray:
+    """Class per pixel; labels later in the list win overlaps; touching labels parted."""
+    shapes = []
+    classes = [0]
+    for number, label in enumerate(labels, start=1):
+        shapes.append((_trained_shape(label, resolution_m, transform), number))
+        classes.append(class_names.index(label.cls) + 1)
+    if not shapes:
+        return np.zeros(shape, np.uint8)
+    ids = rasterize(shapes, out_shape=shape, transform=transform, dtype="int32")
+    return class_target(ids, np.asarray(classes, np.uint8))
+
+
+def _trained_shape(label: Label, resolution_m: float, transform) -> BaseGeometry:
+    if label.geometry.geom_type == "Point":
+        units_per_metre = transform.a / resolution_m
+        return label.geometry.buffer(POINT_RADIUS_M * units_per_metre)
+    return label.geometry
+
+
+def _centres(labels, class_names, transform, shape) -> np.ndarray:
+    inverse = ~transform
+    rows = []
+    for label in labels:
+        point = label.geometry.representative_point()
+        col, row = inverse * (point.x, point.y)
+        if 0 <= row < shape[0] and 0 <= col < shape[1]:
+            rows.append((int(row), int(col), class_names.index(label.cls) + 1))
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def band_stats(areas: Sequence[AreaData]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std over the labelled pixels of every training area."""
+    chunks = [a.pixels[:, a.target != IGNORE] for a in areas]
+    pixels = np.concatenate(chunks, axis=1).astype(np.float64)
+    return pixels.mean(axis=1), np.maximum(pixels.std(axis=1), 1e-3)
+
+
+def class_weights(areas: Sequence[AreaData], classes: int, power: float) -> torch.Tensor:
+    """Inverse-frequency weights, softened by `power`: small objects are a tiny share of pixels."""
+    counts = sum(np.bincount(a.target[a.target != IGNORE], minlength=classes) for a in areas)
+    frequency = np.maximum(counts / max(counts.sum(), 1), 1e-4)
+    weights = frequency**-power
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+class AreaSampler:
+    """Random training chips from the areas, with geometric and radiometric augmentation."""
+
+    def __init__(
+        self, areas: Sequence[AreaData], inputs: Sequence[np.ndarray], config: TrainConfig
+    ):
+        self.config = config
+        size = config.chip
+        # Areas smaller than a chip are padded with IGNORE, so every chip has the same shape.
+        self.inputs = [_pad_to(x, size, 0.0) for x in inputs]
+        self.targets = [_pad_to(a.target[None], size, IGNORE)[0] for a in areas]
+        self.centres = [a.centres for a in areas]
+        sizes = np.array([a.target.size for a in areas], np.float64)
+        self.area_weights = sizes / sizes.sum()  # big areas give more chips
+
+    def chip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        size = self.config.chip
+        index = int(rng.choice(len(self.inputs), p=self.area_weights))
+        x_all, y_all, centres = self.inputs[index], self.targets[index], self.centres[index]
+        height, width = y_all.shape
+        if len(centres) and rng.random() < self.config.object_chips:
+            cls = rng.choice(np.unique(centres[:, 2]))
+            chosen = centres[centres[:, 2] == cls]
+            row, col, _ = chosen[rng.integers(len(chosen))]
+            row, col = row - rng.integers(size), col - rng.integers(size)
+        else:
+            row, col = rng.integers(height - size + 1), rng.integers(width - size + 1)
+        row, col = int(np.clip(row, 0, height - size)), int(np.clip(col, 0, width - size))
+        x = x_all[:, row : row + size, col : col + size]
+        y = y_all[row : row + size, col : col + size]
+        turns = int(rng.integers(4))
+        x, y = np.rot90(x, turns, axes=(1, 2)), np.rot90(y, turns)
+        if rng.random() < 0.5:
+            x, y = x[:, :, ::-1], y[:, ::-1]
+        # Brightness, contrast and a little noise: other dates and sensors look different.
+        gain = rng.uniform(0.8, 1.2)
+        bias = rng.uniform(-0.25, 0.25)
+        x = x * gain + bias + rng.normal(0.0, 0.05, size=x.shape).astype(np.float32)
+        return x.astype(np.float32), y
+
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        chips = [self.chip(rng) for _ in range(self.config.batch)]
+        x = np.ascontiguousarray(np.stack([c[0] for c in chips]))
+        y = np.ascontiguousarray(np.stack([c[1] for c in chips])).astype(np.int64)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def standardise(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((pixels - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+
+
+def _pad_to(array: np.ndarray, size: int, value) -> np.ndarray:
+    _, height, width = array.shape
+    pad_h, pad_w = max(0, size - height), max(0, size - width)
+    if not pad_h and not pad_w:
+        return array
+    return np.pad(array, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=value)
+
+
+def _crs(source: ImageSource) -> CRS:
+    return CRS.from_wkt(source.meta["crs_wkt"])
+
+
+def _transform(x0: float, y0: float, pixel: float) -> Affine:
+    return Affine(pixel, 0, x0, 0, -pixel, y0)

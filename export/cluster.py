@@ -19,6 +19,6 @@ def connect(address: str | None = None, threads: int | None = None):
         n_workers=1,
         threads_per_worker=threads or min(2, os.cpu_count() or 1),
         processes=False,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback only, any free port: never a clash
     )
     return Client(cluster), cluster

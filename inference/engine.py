@@ -10,6 +10,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,6 +39,12 @@ class Layer:
     @property
     def spec(self) -> DetectorSpec:
         return self.detector.spec
+
+    def with_threshold(self, threshold: float) -> Layer:
+        """The same layer (same session, same cached probabilities) shown at another score
+        threshold: a map viewer's slider."""
+        spec = dataclasses.replace(self.detector.spec, score_threshold=threshold)
+        return dataclasses.replace(self, detector=dataclasses.replace(self.detector, spec=spec))
 
 
 @dataclass

@@ -391,5 +391,32 @@ def detect(
         raise typer.Exit(code=2)
 
 
+experiments_app = typer.Typer(
+    help="Evaluate the training methodology on a suite of datasets.", no_args_is_help=True
+)
+app.add_typer(experiments_app, name="experiments")
+
+
+@experiments_app.command("run")
+def experiments_run(
+    suite: Annotated[str, typer.Option(help="default, synthetic, real or quick.")] = "default",
+    seconds: Annotated[
+        float | None, typer.Option(help="Training budget per run (default: the trainer's).")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label counts, e.g. 20,50,100.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where result JSON files go.")] = Path(
+        "experiments/results"
+    ),
+) -> None:
+    """Train and score the current methodology on every dataset of a suite; print the table
+    (with the change since the last run) and save it as JSON."""
+    from trainer.experiments import run_from_cli
+
+    counts = [int(n) for n in labels.split(",")] if labels else None
+    raise typer.Exit(code=run_from_cli(suite, seconds, counts, out))
+
+
 def main() -> None:
     app()

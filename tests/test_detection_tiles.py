@@ -104,6 +104,24 @@ def test_overlay_tile_shows_objects_in_class_colours(served):
     assert colours <= palette
 
 
+def test_score_threshold_shows_fewer_objects_from_the_same_inference(served):
+    client, image, detector = served
+    tile = centre_block(image, image["maxzoom"])[4]
+    base = f"{layer_url(detector, image)}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}"
+    engine = services_of(client).engine
+    default = client.get(base + ".geojson").json()["features"]
+    computed = engine.windows_computed
+    strict = client.get(base + ".geojson", params={"threshold": 0.95}).json()["features"]
+    lenient = client.get(base + ".png", params={"threshold": 0.3})
+    strict_png = client.get(base + ".png", params={"threshold": 0.95})
+    assert engine.windows_computed == computed  # a threshold only re-renders cached windows
+    assert len(strict) < len(default)
+    assert (decode_png(strict_png.content)[3] > 0).sum() < (
+        decode_png(lenient.content)[3] > 0
+    ).sum()
+    assert client.get(base + ".png", params={"threshold": 1.5}).status_code == 422
+
+
 def test_no_seams_across_a_block_of_display_tiles(served):
     """Nine display tiles' probabilities equal one inference over their union, borders included."""
     client, image, detector = served

@@ -125,13 +125,19 @@ async def detection_tile(
     services: Annotated[Services, Depends(get_services)],
     version: Version = None,
     tilesize: Annotated[int, Query(ge=64, le=1024)] = 256,
+    threshold: Annotated[
+        float | None,
+        Query(gt=0, lt=1, description="Score threshold; default the detector's own."),
+    ] = None,
 ) -> Response:
     layer = await run_in_threadpool(services.layers.layer, detector_id, image_id, version)
+    if threshold is not None:
+        layer = layer.with_threshold(threshold)
     tms = morecantile.tms.get(tileMatrixSetId)
     tile = morecantile.Tile(x, y, z)
     if not tms.is_valid(tile):
         raise morecantile.errors.TileArgParsingError(f"tile {z}/{x}/{y} is not in {tms.id}")
-    key = (layer.version_id, image_id, tms.id, z, x, y, format, tilesize)
+    key = (layer.version_id, image_id, tms.id, z, x, y, format, tilesize, threshold)
     rendered = services.rendered_tiles.get(key)
     if rendered is None:
         body, headers = await _render_tile(
@@ -178,7 +184,8 @@ async def _render_tile(
 def _export_tile(layer, source, tile_request: TileRequest, format: str) -> bytes:
     """A low-zoom tile drawn from a finished export's objects instead of inference."""
     bounds = tile_bounds_in_image_crs(layer, tile_request)
-    objects = objects_in_bounds(source, bounds, layer.spec)
+    threshold = layer.spec.score_threshold
+    objects = [o for o in objects_in_bounds(source, bounds, layer.spec) if o.score >= threshold]
     if format == "png":
         return render_objects_overlay(layer, objects, tile_request)
     if format == "geojson":

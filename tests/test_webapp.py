@@ -1,0 +1,428 @@
+"""The web app in a real browser: Playwright driving Debian's Chromium (never a downloaded one)
+against `tiledetect serve` on loopback. The full workflow on a small synthetic scene (upload,
+create a detector, draw areas and labels with the mouse, train, scores, detection layer, export,
+download), then a reload that keeps the annotations and API errors shown to the user.
+
+Screenshots of the key states go to test-artifacts/webapp/ (gitignored)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from shapely.geometry import shape
+
+from scenes.synthetic import SceneSpec, write_scene
+from tests.conftest import REPO, start_server, stop_server, upload
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "webapp"
+TRAIN_STEPS = 30
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/sysdeps.sh)"
+    ),
+    pytest.mark.timeout(900),
+]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 1024 px scene, crowded so that small areas hold many objects (as in test_training)."""
+    folder = tmp_path_factory.mktemp("web-scene")
+    base = SceneSpec()
+    spec = SceneSpec(
+        width=1024,
+        height=1024,
+        seed=31,
+        trees_per_km2=4 * base.trees_per_km2,
+        buildings_per_km2=4 * base.buildings_per_km2,
+        cars_per_km2=4 * base.cars_per_km2,
+    )
+    write_scene(spec, folder / "scene.tif", folder / "scene.geojson")
+    truth = json.loads((folder / "scene.geojson").read_text())
+    return folder / "scene.tif", truth, spec
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    live = start_server(root / "data", root / "server.log")
+    try:
+        yield live
+    finally:
+        stop_server(live)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--use-gl=angle",
+                "--use-angle=swiftshader",
+                "--ignore-gpu-blocklist",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    page.screenshot(path=str(ARTIFACTS / f"last-{request.node.name}.png"))  # the state at the end
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def wait_idle(page) -> None:
+    """Until the map has loaded every tile it wants and drawn them."""
+    page.wait_for_function(
+        "() => window.tiledetect.map.loaded() && window.tiledetect.map.areTilesLoaded()"
+    )
+    page.evaluate(
+        "() => new Promise((done) => { const m = window.tiledetect.map;"
+        " m.once('idle', () => done()); m.triggerRepaint(); })"
+    )
+
+
+def screen(page, lon: float, lat: float) -> tuple[float, float]:
+    """Page pixel of a WGS84 position on the map, as the user would point at it."""
+    x, y = page.evaluate(
+        "([lon, lat]) => { const p = window.tiledetect.map.project([lon, lat]);"
+        " return [p.x, p.y]; }",
+        [lon, lat],
+    )
+    box = page.locator("#map").bounding_box()
+    return box["x"] + x, box["y"] + y
+
+
+def image_point(image: dict, fx: float, fy: float) -> tuple[float, float]:
+    """WGS84 of a fraction of the image extent (fx from west, fy from north)."""
+    west, south, east, north = image["bounds_wgs84"]
+    return west + fx * (east - west), north - fy * (north - south)
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=3)
+    page.mouse.move(*end, steps=3)
+    page.mouse.up()
+
+
+def draw_rectangle(page, image, a: tuple[float, float], b: tuple[float, float]) -> None:
+    page.click("#toolbar [data-mode=rectangle]")
+    drag(page, screen(page, *image_point(image, *a)), screen(page, *image_point(image, *b)))
+
+
+def draw_box_lonlat(page, bounds: tuple[float, float, float, float]) -> None:
+    west, south, east, north = bounds
+    page.click("#toolbar [data-mode=rectangle]")
+    drag(page, screen(page, west, north), screen(page, east, south))
+
+
+def annotations(server, detector_id: str) -> list[dict]:
+    return server.get(f"/api/detectors/{detector_id}/annotations").json()["features"]
+
+
+def wait_saved(page) -> None:
+    page.wait_for_function("() => document.getElementById('save-state').textContent === 'saved ✓'")
+
+
+def truth_in(truth: dict, image: dict, cls: str, fx: tuple, fy: tuple, n: int):
+    """WGS84 bounds of up to n objects of class `cls` (the truth is WGS84) centred inside a
+    fraction window of the image, big enough to draw on screen."""
+    west, south, east, north = image["bounds_wgs84"]
+    w, h = east - west, north - south
+    found = []
+    for feature in truth["features"]:
+        if feature["properties"].get("class") != cls:
+            continue
+        geom = shape(feature["geometry"])
+        c = geom.centroid
+        x0, y0, x1, y1 = geom.bounds
+        inside = (
+            west + fx[0] * w < c.x < west + fx[1] * w
+            and north - fy[1] * h < c.y < north - fy[0] * h
+        )
+        if inside and (x1 - x0) > 0.01 * w and (y1 - y0) > 0.01 * h:
+            found.append(geom.bounds)
+        if len(found) == n:
+            break
+    return found
+
+
+def changed_pixels(before: bytes, after: bytes) -> float:
+    a = np.asarray(Image.open(io.BytesIO(before)).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(after)).convert("RGB"), dtype=np.int16)
+    return float((np.abs(a - b).sum(axis=2) > 30).mean())
+
+
+def test_full_workflow(server, browser, page, scene):
+    tif, truth, _ = scene
+    page.goto(server.url)
+    page.wait_for_function("() => window.tiledetect && window.tiledetect.map.loaded()")
+    shot(page, "01-empty")
+
+    # Upload through the drop zone's file input: upload and ingest progress, then on the map.
+    page.set_input_files("#file-input", str(tif))
+    page.wait_for_selector("#images li.active", timeout=120_000)
+    image = page.evaluate("() => window.tiledetect.state.image")
+    assert image["name"] and image["bounds_wgs84"]
+    wait_idle(page)
+
+    # A detector with two classes and colours (the form opens itself when there are none).
+    page.fill("#detector-name", "Trees and buildings")
+    page.fill("#class-rows .class-row:nth-child(1) input[type=text]", "tree")
+    page.click("#add-class")
+    page.fill("#class-rows .class-row:nth-child(2) input[type=text]", "building")
+    page.click("#create-detector")
+    page.wait_for_selector("#toolbar:not([hidden])")
+    detector = page.evaluate("() => window.tiledetect.state.detector")
+    assert detector["classes"] == ["tree", "building"]
+
+    # Areas: training top-left, accuracy bottom-right (as test_training does), with the mouse.
+    page.select_option("#draw-role", "training_area")
+    draw_rectangle(page, image, (0.0, 0.0), (0.55, 0.55))
+    page.select_option("#draw-role", "accuracy_area")
+    draw_rectangle(page, image, (0.6, 0.6), (1.0, 1.0))
+    page.select_option("#draw-role", "testing_area")
+    draw_rectangle(page, image, (0.6, 0.02), (0.98, 0.3))
+    wait_saved(page)
+
+    # Labels: rectangles around true objects, and a polygon drawn vertex by vertex.
+    page.select_option("#draw-role", "label")
+    page.select_option("#draw-class", "tree")
+    trees = truth_in(truth, image, "tree", (0.03, 0.52), (0.03, 0.52), 10)
+    trees += truth_in(truth, image, "tree", (0.63, 0.97), (0.63, 0.97), 6)
+    assert len(trees) >= 8
+    for bounds in trees:
+        draw_box_lonlat(page, bounds)
+    page.select_option("#draw-class", "building")
+    buildings = truth_in(truth, image, "building", (0.05, 0.5), (0.05, 0.5), 3)
+    for bounds in buildings[:-1]:
+        draw_box_lonlat(page, bounds)
+    if buildings:
+        west, south, east, north = buildings[-1]
+        page.click("#toolbar [data-mode=polygon]")
+        for lon, lat in ((west, north), (east, north), (east, south)):
+            page.mouse.click(*screen(page, lon, lat))
+        page.mouse.dblclick(*screen(page, west, south))
+    # Select, delete, undo: the label comes back.
+    page.click("#toolbar [data-mode=select]")
+    wait_saved(page)
+    count = len(annotations(server, detector["id"]))
+    last = trees[-1]
+    page.mouse.click(*screen(page, (last[0] + last[2]) / 2, (last[1] + last[3]) / 2))
+    page.click("#delete-button")
+    page.wait_for_function("() => document.getElementById('save-state').textContent !== 'saved ✓'")
+    wait_saved(page)
+    assert len(annotations(server, detector["id"])) == count - 1
+    page.click("#undo-button")
+    wait_saved(page)
+    saved = annotations(server, detector["id"])
+    assert len(saved) == count
+    roles = [f["properties"].get("role", "label") for f in saved]
+    assert roles.count("training_area") == 1 and roles.count("accuracy_area") == 1
+    assert roles.count("testing_area") == 1
+    assert roles.count("label") == len(trees) + len(buildings)
+    assert (
+        any(
+            f["geometry"]["type"] == "Polygon" and f["properties"].get("shape") != "box"
+            for f in saved
+            if f["properties"].get("class") == "building"
+        )
+        or not buildings
+    )
+    shot(page, "02-annotated")
+
+    # Train with a short budget: live progress, then the version's scores.
+    page.fill("#train-steps", str(TRAIN_STEPS))
+    page.click("#train-button")
+    page.wait_for_function("() => document.querySelector('#loss-curve path')", timeout=300_000)
+    shot(page, "03-training")
+    page.wait_for_selector("#results-panel:not([hidden]) .metric-f1", timeout=600_000)
+    assert "%" in page.text_content(".metric-precision")
+    assert "%" in page.text_content(".metric-counting")
+    page.wait_for_function(
+        "() => window.tiledetect.map.querySourceFeatures('verdicts').length > 0", timeout=30_000
+    )
+    verdicts = page.evaluate(
+        "() => window.tiledetect.map.querySourceFeatures('verdicts')"
+        ".map((f) => f.properties.verdict)"
+    )
+    assert {"true_positive", "false_positive", "missed"} & set(verdicts)
+    wait_idle(page)
+    shot(page, "04-scores")
+
+    # The detection layer: tiles requested and drawn over the imagery.
+    page.uncheck("#verdicts-visible")
+    wait_idle(page)
+    before = page.locator("#map").screenshot()
+    tile_urls: list[str] = []
+    page.on(
+        "response",
+        lambda r: (
+            tile_urls.append(r.url)
+            if "/tiles/WebMercatorQuad/" in r.url and "/api/detectors/" in r.url and r.status == 200
+            else None
+        ),
+    )
+    page.check("#detections-visible")
+    page.fill("#detections-opacity", "1")
+    page.wait_for_function("() => window.tiledetect.map.getLayer('detections')")
+    wait_idle(page)
+    after = page.locator("#map").screenshot()
+    shot(page, "05-detections")
+    assert any(u.split("?")[0].endswith(".png") and "version=1" in u for u in tile_urls), tile_urls
+    assert changed_pixels(before, after) > 0.005, "the detection layer drew nothing"
+
+    # The score threshold re-renders the overlay on the server and filters the outlines.
+    page.fill("#score-threshold", "0.9")
+    assert page.text_content("#score-value") == "0.90"
+    assert page.evaluate("() => window.tiledetect.map.getFilter('detections-objects')[2]") == 0.9
+    deadline = time.monotonic() + 30
+    while not any("threshold=0.9" in u for u in tile_urls):
+        assert time.monotonic() < deadline, tile_urls[-5:]
+        page.wait_for_timeout(200)
+
+    # URLs for QGIS.
+    page.click("#urls summary")
+    copies = page.locator("#url-list .copy")
+    urls = [copies.nth(i).get_attribute("data-url") for i in range(copies.count())]
+    assert any("tilejson.json" in u for u in urls) and any(
+        "WMTSCapabilities.xml" in u for u in urls
+    )
+    assert (
+        httpx.get(next(u for u in urls if "/api/detectors/" in u and "tilejson" in u)).status_code
+        == 200
+    )
+
+    # Export over the whole image as GeoJSON: per-cell progress, counts, download.
+    page.select_option("#export-format", "geojson")
+    page.click("#export-button")
+    page.wait_for_selector("#export-download:not([hidden])", timeout=300_000)
+    shot(page, "06-exported")
+    counts = {
+        row.get_attribute("data-class"): int(row.locator(".count").text_content())
+        for row in page.locator("#export-counts tr[data-class]").all()
+    }
+    with page.expect_download() as info:
+        page.click("#export-download")
+    path = ARTIFACTS / "export.geojson"
+    info.value.save_as(path)
+    exported = json.loads(path.read_text())
+    assert exported["type"] == "FeatureCollection"
+    by_class: dict[str, int] = {}
+    for f in exported["features"]:
+        by_class[f["properties"]["class"]] = by_class.get(f["properties"]["class"], 0) + 1
+    assert {k: v for k, v in counts.items() if v} == by_class
+
+    # An export over a drawn AOI, as a GeoPackage.
+    page.select_option("#draw-role", "aoi")
+    draw_rectangle(page, image, (0.1, 0.1), (0.4, 0.4))
+    page.click("#toolbar [data-mode=select]")
+    page.select_option("#export-format", "gpkg")
+    page.select_option("#export-extent", "aoi")
+    page.click("#export-button")
+    page.wait_for_function(
+        "() => !document.getElementById('export-download').hidden"
+        " && document.getElementById('export-download').textContent.includes('gpkg')",
+        timeout=300_000,
+    )
+    with page.expect_download() as info:
+        page.click("#export-download")
+    path = ARTIFACTS / "export-aoi.gpkg"
+    info.value.save_as(path)
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    shot(page, "06b-exported-aoi")
+
+
+def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, scene):
+    if not server.get("/api/images").json():  # when run alone
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            upload(client, scene[0])
+    page.goto(server.url)
+    page.wait_for_selector("#images li.active", timeout=60_000)
+    image = page.evaluate("() => window.tiledetect.state.image")
+    wait_idle(page)
+
+    # An API error next to the form that caused it: a detector without classes.
+    if page.locator("#new-detector").is_hidden():
+        page.click("#new-detector-button")
+    page.fill("#detector-name", "nothing")
+    page.click("#create-detector")
+    error = page.locator("#detector-error")
+    error.wait_for(state="visible")
+    assert "classes" in error.text_content()
+    shot(page, "07-detector-error")
+
+    page.fill("#class-rows .class-row:nth-child(1) input[type=text]", "car")
+    page.click("#create-detector")
+    page.wait_for_selector("#toolbar:not([hidden])")
+    detector = page.evaluate("() => window.tiledetect.state.detector")
+    assert detector["name"] == "nothing"
+
+    # A label outside every area: the API refuses it, the app says why and selects it.
+    page.select_option("#draw-role", "label")
+    draw_rectangle(page, image, (0.2, 0.2), (0.25, 0.25))
+    message = page.locator("#annotations-error")
+    message.wait_for(state="visible")
+    assert "feature 0" in message.text_content()
+    assert page.text_content("#save-state") == "not saved"
+    shot(page, "08-annotation-error")
+    page.click("#undo-button")  # nothing left to refuse
+    wait_saved(page)
+
+    page.select_option("#draw-role", "training_area")
+    draw_rectangle(page, image, (0.1, 0.1), (0.5, 0.5))
+    page.select_option("#draw-role", "label")
+    draw_rectangle(page, image, (0.2, 0.2), (0.25, 0.25))
+    page.click("#toolbar [data-mode=polygon]")
+    for fx, fy in ((0.3, 0.3), (0.4, 0.3), (0.4, 0.4)):
+        page.mouse.click(*screen(page, *image_point(image, fx, fy)))
+    page.keyboard.press("Enter")
+    page.click("#toolbar [data-mode=point]")
+    page.mouse.click(*screen(page, *image_point(image, 0.45, 0.2)))
+    wait_saved(page)
+    assert page.locator("#annotations-error").is_hidden()
+    drawn = page.evaluate("() => window.tiledetect.draw.features.length")
+    assert drawn == 4
+
+    page.reload()
+    page.wait_for_selector("#toolbar:not([hidden])", timeout=60_000)
+    page.wait_for_function(
+        "() => window.tiledetect.draw && window.tiledetect.draw.features.length === 4"
+    )
+    kinds = page.evaluate(
+        "() => window.tiledetect.draw.features.map((f) => f.geometry.type).sort()"
+    )
+    assert kinds == ["Point", "Polygon", "Polygon", "Polygon"]
+    assert page.input_value("#detector-select") == detector["id"]
+    wait_idle(page)
+    shot(page, "09-after-reload")

@@ -1,0 +1,793 @@
+"""Experiments: score the training *methodology* (network, loop, augmentation, post-processing),
+not one model, on a repository of datasets that look like what users build.
+
+A suite is a list of datasets: synthetic scenes the project renders (one object kind each, so
+each trains a one-class detector, the others being background) and, when present, real imagery
+from the shared data folder (NEON tree crowns, SpaceNet buildings). Every dataset has a training
+zone and a disjoint accuracy zone. For each label count N, the training area grows as a square
+from the zone's top-left corner (then as a strip along the zone) until it holds N objects, as a
+user labels a patch of ground exhaustively; the accuracy area always holds the same objects, so
+rows with different N are comparable. Area edges never cut an object: one whose anchor (a point
+inside it) lies inside is kept whole, one whose anchor lies outside is cut out of the area (its
+pixels teach nothing), which is how a careful user draws.
+
+`run_suite` trains each (dataset, N) with the current defaults (or a given `TrainConfig`), scores
+the accuracy area with the served post-processing, prints a table with the change in F1 against
+the previous run of the suite, and writes `<suite>-<timestamp>.json` and `<suite>-latest.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import shapely
+from rasterio.warp import transform_geom
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA_ENV = "TILEDETECT_SHARED_DATA"
+CACHE_ENV = "TILEDETECT_EXPERIMENTS_CACHE"
+DEFAULT_RESULTS = REPO / "experiments" / "results"
+SYNTHETIC_LABELS = (20, 50, 100)
+REAL_LABELS = (100,)  # as many as the training half holds (fewer than 100 in both)
+GAP_M = 30.0  # between the synthetic training and accuracy zones: wider than any object
+_PRECISION_M = 0.01  # area outlines snapped to 1 cm so the WGS84 round trip keeps them valid
+
+Progress = Callable[[str], None]
+
+
+class DatasetMissing(Exception):
+    """The dataset's files are not on this machine; the suite skips it."""
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset ready to make annotations from: an image, its truth and its two zones."""
+
+    name: str
+    image: Path
+    meta: dict  # export.run.image_meta
+    truth: dict  # WGS84 FeatureCollection with properties.class
+    classes: tuple[str, ...]
+    training_zone: BaseGeometry  # image CRS
+    accuracy_zone: BaseGeometry  # image CRS
+    as_boxes: bool = False  # labels drawn as axis-aligned boxes, and scored as such
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    description: str
+    classes: tuple[str, ...]
+    labels: tuple[int, ...]  # default label counts
+    prepare: Callable[[Path, Path], Prepared]  # (cache dir, shared data dir); DatasetMissing
+
+
+def _synthetic(
+    name: str,
+    description: str,
+    cls: str | tuple[str, ...],
+    labels: Sequence[int] = SYNTHETIC_LABELS,
+    training_share: float = 0.55,
+    **spec_fields,
+) -> Dataset:
+    """A rendered scene: training zone = the west `training_share` of it, accuracy zone = the
+    rest east of a GAP_M gap."""
+    classes = (cls,) if isinstance(cls, str) else tuple(cls)
+
+    def prepare(cache: Path, data_dir: Path) -> Prepared:
+        from export.run import image_meta
+        from scenes.synthetic import SceneSpec, write_scene
+
+        spec = SceneSpec(block=256, **spec_fields)
+        key = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
+        folder = cache / f"{name}-{key}"
+        tif, truth = folder / "scene.tif", folder / "truth.geojson"
+        if not (tif.exists() and truth.exists()):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_scene(spec, tif, truth)
+        left, bottom, right, top = spec.bounds
+        split = left + training_share * (right - left)
+        return Prepared(
+            name=name,
+            image=tif,
+            meta=image_meta(tif),
+            truth=json.loads(truth.read_text()),
+            classes=classes,
+            training_zone=box(left, bottom, split, top),
+            accuracy_zone=box(split + GAP_M, bottom, right, top),
+        )
+
+    return Dataset(name, description, classes, tuple(labels), prepare)
+
+
+def _halves(
+    name: str, description: str, folder: str, image: str, truth: str, cls: str, as_boxes: bool
+) -> Dataset:
+    """A real image: train on its west half, score on its east half."""
+
+    def prepare(cache: Path, data_dir: Path) -> Prepared:
+        from export.run import image_meta
+
+        tif, labels = data_dir / folder / image, data_dir / folder / truth
+        missing = [str(p) for p in (tif, labels) if not p.exists()]
+        if missing:
+            raise DatasetMissing(f"{', '.join(missing)} not found")
+        meta = image_meta(tif)
+        left, bottom, right, top = meta["bounds"]
+        middle = (left + right) / 2
+        return Prepared(
+            name=name,
+            image=tif,
+            meta=meta,
+            truth=json.loads(labels.read_text()),
+            classes=(cls,),
+            training_zone=box(left, bottom, middle, top),
+            accuracy_zone=box(middle, bottom, right, top),
+            as_boxes=as_boxes,
+        )
+
+    return Dataset(name, description, (cls,), REAL_LABELS, prepare)
+
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        _synthetic(
+            "synthetic-trees",
+            "460 m rural scene, 0.3 m: hedgerows, groves of touching crowns, single trees",
+            "tree",
+            width=1536,
+            height=1536,
+            seed=1,
+            trees_per_km2=1500.0,
+        ),
+        _synthetic(
+            "synthetic-buildings",
+            "770 m village scene, 0.3 m: gabled houses (some L-shaped) and flat-roofed halls",
+            "building",
+            width=2560,
+            height=2560,
+            seed=1,
+            buildings_per_km2=450.0,
+            cars_per_km2=150.0,
+            road_spacing_m=200.0,
+        ),
+        _synthetic(
+            "synthetic-cars",
+            "460 m scene, 0.3 m: cars on roads, drives and in marked car-park bays",
+            "car",
+            width=1536,
+            height=1536,
+            seed=1,
+            cars_per_km2=1200.0,
+            buildings_per_km2=120.0,
+            road_spacing_m=200.0,
+        ),
+        _synthetic(
+            "synthetic-mixed",
+            "460 m dense scene, 0.3 m: trees, buildings and cars in one three-class detector",
+            ("tree", "building", "car"),
+            width=1536,
+            height=1536,
+            seed=2,
+            trees_per_km2=500.0,
+            buildings_per_km2=300.0,
+            cars_per_km2=500.0,
+            road_spacing_m=200.0,
+        ),
+        _synthetic(
+            "synthetic-quick",
+            "230 m tree scene for tests: trains in seconds",
+            "tree",
+            labels=(10,),
+            training_share=0.5,
+            width=768,
+            height=768,
+            seed=3,
+            trees_per_km2=1500.0,
+        ),
+        _halves(
+            "neon-osbs029",
+            "NEON Ordway-Swisher 0.1 m RGB, 40 x 40 m: tree crowns as boxes (DeepForest)",
+            "osbs",
+            "OSBS_029.tif",
+            "OSBS_029_trees.geojson",
+            "tree",
+            as_boxes=True,
+        ),
+        _halves(
+            "spacenet-atlanta",
+            "SpaceNet 4 Atlanta 0.5 m panchromatic (uint16), 450 x 450 m: building footprints",
+            "spacenet_atl",
+            "sample_geotiff.tif",
+            "buildings.geojson",
+            "building",
+            as_boxes=False,
+        ),
+    )
+}
+
+_SYNTHETIC = ("synthetic-trees", "synthetic-buildings", "synthetic-cars")
+_REAL = ("neon-osbs029", "spacenet-atlanta")
+SUITES: dict[str, tuple[str, ...]] = {
+    "default": _SYNTHETIC + _REAL,
+    "synthetic": _SYNTHETIC,
+    "real": _REAL,
+    "all": _SYNTHETIC + ("synthetic-mixed",) + _REAL,
+    "quick": ("synthetic-quick",),
+}
+
+
+def suite_datasets(suite: str) -> list[Dataset]:
+    """The datasets of a suite; a dataset's own name is a suite of one."""
+    if suite in SUITES:
+        return [DATASETS[name] for name in SUITES[suite]]
+    if suite in DATASETS:
+        return [DATASETS[suite]]
+    known = ", ".join([*SUITES, *DATASETS])
+    raise KeyError(f"unknown suite {suite!r}; one of: {known}")
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get(SHARED_DATA_ENV) or REPO.parent / "shared" / "data")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or REPO / ".cache" / "experiments")
+
+
+# --- annotations for N labels --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objects:
+    """The dataset's objects of its classes in the image CRS, as labels will be drawn."""
+
+    geometries: list[BaseGeometry]
+    anchors: list[BaseGeometry]  # representative points, as annotations_from_truth uses
+
+
+def truth_objects(prepared: Prepared) -> Objects:
+    crs = prepared.meta["crs_wkt"]
+    geometries, anchors = [], []
+    for feature in prepared.truth["features"]:
+        if feature["properties"].get("class") not in prepared.classes:
+            continue
+        local = shape(transform_geom("EPSG:4326", crs, feature["geometry"]))
+        geometries.append(local.envelope if prepared.as_boxes else local)
+        anchors.append(local.representative_point())
+    return Objects(geometries, anchors)
+
+
+def grown_box(zone: BaseGeometry, anchors: Sequence[BaseGeometry], wanted: int) -> BaseGeometry:
+    """The smallest box grown from the zone's top-left corner (a square, then a strip along the
+    zone's long side) holding `wanted` anchors; the whole zone if it holds fewer."""
+    left, bottom, right, top = zone.bounds
+    reach = sorted(
+        max(p.x - left, top - p.y) for p in anchors if zone.contains(p)
+    )  # a box of extent s holds the anchors whose reach <= s
+    longest = max(right - left, top - bottom)
+    if wanted >= len(reach):
+        return zone
+    inner = reach[wanted - 1] if wanted > 0 else 0.0
+    outer = next((r for r in reach[wanted:] if r > inner), None)  # ties join in
+    if outer is None:
+        return zone
+    extent = (inner + outer) / 2
+    extent = min(extent, longest)
+    return box(left, max(bottom, top - extent), min(right, left + extent), top)
+
+
+def clean_edges(area: BaseGeometry, objects: Objects) -> BaseGeometry:
+    """The area with whole objects: those anchored inside added whole, those anchored outside
+    cut out."""
+    inside, outside = [], []
+    for geometry, anchor in zip(objects.geometries, objects.anchors, strict=True):
+        if not geometry.intersects(area):
+            continue
+        (inside if area.contains(anchor) else outside).append(geometry)
+    cleaned = area
+    if outside:
+        cleaned = cleaned.difference(shapely.union_all(outside))
+    if inside:
+        cleaned = cleaned.union(shapely.union_all(inside))
+    cleaned = shapely.set_precision(shapely.make_valid(cleaned), _PRECISION_M)
+    return _polygonal(cleaned)
+
+
+def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """Only the polygon parts (set operations can leave lines and points behind)."""
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [
+        g for g in getattr(geometry, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")
+    ]
+    return shapely.union_all(parts)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    requested: int
+    collection: dict  # WGS84 FeatureCollection, as a user would upload it
+    annotations: object  # trainer.annotations.Annotations
+    training_labels: int
+    accuracy_labels: int
+    clean_edges: bool
+
+
+def make_annotations(prepared: Prepared, objects: Objects, wanted: int) -> Labelled:
+    """Training area with about `wanted` labels, the fixed accuracy area, parsed as the API
+    parses uploads. Falls back to plain boxes if the cleaned outlines do not survive the
+    WGS84 round trip."""
+    from scenes.annotations import annotations_from_truth
+    from trainer.annotations import AnnotationError, parse_annotations
+
+    grown = grown_box(prepared.training_zone, objects.anchors, wanted)
+    crs = prepared.meta["crs_wkt"]
+    for clean in (True, False):
+        training = clean_edges(grown, objects) if clean else grown
+        accuracy = clean_edges(prepared.accuracy_zone, objects) if clean else prepared.accuracy_zone
+        accuracy = _polygonal(
+            shapely.set_precision(accuracy.difference(training.buffer(0.05)), _PRECISION_M)
+        )
+        collection = annotations_from_truth(
+            prepared.truth,
+            crs,
+            training=[training],
+            accuracy=[accuracy],
+            classes=prepared.classes,
+            as_boxes=prepared.as_boxes,
+        )
+        try:
+            parsed = parse_annotations(
+                collection,
+                classes=prepared.classes,
+                image_crs_wkt=crs,
+                image_bounds=tuple(prepared.meta["bounds"]),
+            )
+        except AnnotationError:
+            if not clean:
+                raise
+            continue
+        return Labelled(
+            requested=wanted,
+            collection=collection,
+            annotations=parsed,
+            training_labels=sum(len(parsed.labels_in(a)) for a in parsed.training),
+            accuracy_labels=sum(len(parsed.labels_in(a)) for a in parsed.accuracy),
+            clean_edges=clean,
+        )
+    raise AssertionError("unreachable")
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def _diagnose(run_dir: Path, prepared: Prepared, labelled: Labelled) -> dict:
+    """What went wrong, from the verdicts in predictions.geojson: missed labels that a merged
+    prediction swallowed, that were found with a poor outline, or not found at all; false
+    positives that merge several labels, are a piece of a label, or lie on background."""
+    crs = prepared.meta["crs_wkt"]
+    annotations = labelled.annotations
+    labels = [lab.geometry for area in annotations.accuracy for lab in annotations.labels_in(area)]
+    features = json.loads((run_dir / "predictions.geojson").read_text())["features"]
+    predicted, false_positive = [], []
+    for feature in features:
+        verdict = feature["properties"]["verdict"]
+        if verdict not in ("true_positive", "false_positive"):
+            continue
+        geometry = shape(transform_geom("EPSG:4326", crs, feature["geometry"]))
+        if prepared.as_boxes:
+            geometry = geometry.envelope
+        predicted.append(geometry)
+        false_positive.append(verdict == "false_positive")
+    missed = [
+        shape(transform_geom("EPSG:4326", crs, f["geometry"]))
+        for f in features
+        if f["properties"]["verdict"] == "missed"
+    ]
+    if prepared.as_boxes:
+        missed = [m.envelope for m in missed]
+
+    def covered(label: BaseGeometry, prediction: BaseGeometry) -> float:
+        return label.intersection(prediction).area / max(label.area, 1e-12)
+
+    def labels_under(prediction: BaseGeometry) -> int:
+        return sum(1 for lab in labels if covered(lab, prediction) >= 0.3)
+
+    out = dict.fromkeys(
+        ("missed_merged", "missed_outline", "missed_not_found", "fp_merged", "fp_part", "fp_other"),
+        0,
+    )
+    for label in missed:
+        near = [p for p in predicted if covered(label, p) >= 0.3]
+        if any(labels_under(p) >= 2 for p in near):
+            out["missed_merged"] += 1
+        elif near or any(_iou(label, p) >= 0.2 for p in predicted):
+            out["missed_outline"] += 1
+        else:
+            out["missed_not_found"] += 1
+    for prediction, wrong in zip(predicted, false_positive, strict=True):
+        if not wrong:
+            continue
+        if labels_under(prediction) >= 2:
+            out["fp_merged"] += 1
+        elif any(lab.intersection(prediction).area >= 0.5 * prediction.area for lab in labels):
+            out["fp_part"] += 1
+        else:
+            out["fp_other"] += 1
+    return out
+
+
+def _iou(a: BaseGeometry, b: BaseGeometry) -> float:
+    union = a.union(b).area
+    return a.intersection(b).area / union if union else 0.0
+
+
+def run_one(
+    prepared: Prepared,
+    labelled: Labelled,
+    run_dir: Path,
+    *,
+    seconds: float | None,
+    steps: int | None,
+    seed: int,
+    config,
+    progress: Progress,
+    resolution_m: float | None = None,
+) -> dict:
+    """Train and score one (dataset, N); returns its table row."""
+    from trainer.data import ImageSource
+    from trainer.train import TrainingRequest, train_detector
+
+    request = TrainingRequest(
+        name=f"{prepared.name}-{labelled.requested}",
+        class_names=prepared.classes,
+        images={"image": ImageSource("image", str(prepared.image), prepared.meta)},
+        annotations={"image": labelled.annotations},
+        seconds=seconds,
+        steps=steps,
+        seed=seed,
+        resolution_m=resolution_m,
+        config=config,
+    )
+    last = [time.perf_counter()]
+
+    def tick(state) -> None:
+        if time.perf_counter() - last[0] >= 60.0:
+            last[0] = time.perf_counter()
+            progress(
+                f"    step {state.step}, loss {state.loss:.3f}, "
+                f"{state.elapsed:.0f} s, about {state.seconds_left:.0f} s left"
+            )
+
+    (run_dir / "annotations.geojson").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "annotations.geojson").write_text(json.dumps(labelled.collection))
+    began, cpu_began = time.perf_counter(), time.process_time()
+    report = train_detector(request, run_dir, progress=tick)
+    cpu_seconds = time.process_time() - cpu_began
+    wall = time.perf_counter() - began
+    metrics = report["metrics"] or {}
+    obj = metrics.get("object", {})
+    predicted = sum(c["predicted"] for c in metrics.get("counts", []))
+    counted = sum(c["labelled"] for c in metrics.get("counts", []))
+    return {
+        "dataset": prepared.name,
+        "labels": report["labels"],
+        "labels_requested": labelled.requested,
+        "train_seconds": report["train_seconds"],
+        "steps": report["steps"],
+        "steps_per_second": report["steps_per_second"],
+        "precision": obj.get("precision"),
+        "recall": obj.get("recall"),
+        "f1": obj.get("f1"),
+        "counting_f1": metrics.get("counting_f1"),
+        "count_error": round(abs(predicted - counted) / counted, 4) if counted else None,
+        "foreground_iou": metrics.get("foreground_iou"),
+        "tp": obj.get("tp"),
+        "fp": obj.get("fp"),
+        "fn": obj.get("fn"),
+        "accuracy_labels": counted,
+        "predicted": predicted,
+        "final_loss": report["final_loss"],
+        "seconds": round(wall, 1),
+        # CPU seconds the process got per wall second, over training and scoring: about the
+        # thread count when the machine is ours, far less when others load it
+        "cpu_per_second": round(cpu_seconds / wall, 2) if wall else None,
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "clean_edges": labelled.clean_edges,
+        "diagnosis": _diagnose(run_dir, prepared, labelled),
+        "run_dir": str(run_dir),
+    }
+
+
+# --- the suite -----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    """Where the numbers come from: they depend on the CPU and on who else is using it."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+        "nice": os.nice(0) if hasattr(os, "nice") else None,
+    }
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
+
+
+def _timestamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _label_counts(dataset: Dataset, labels: Sequence[int] | None) -> list[int]:
+    return sorted(set(labels if labels else dataset.labels))
+
+
+def run_suite(
+    suite: str,
+    seconds: float | None,
+    labels: list[int] | None,
+    out_dir: Path,
+    progress: Progress = print,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    config=None,
+    cache: Path | None = None,
+    data_dir: Path | None = None,
+    resolution_m: float | None = None,
+) -> list[dict]:
+    """Train and score the methodology on every dataset of `suite`, for each label count.
+
+    `seconds` is each training's budget (None: trainer.train.default_seconds()); `steps`
+    trains exactly that many steps instead. `labels` overrides the datasets' label counts; a
+    count beyond what a training zone holds trains on all it holds, once. `config` is the
+    TrainConfig to evaluate (default: the trainer's); `resolution_m` the detector resolution
+    (default: each image's own). Writes `out_dir/<suite>-<timestamp>.json`
+    and `out_dir/<suite>-latest.json`, prints the table with the change in F1 against the
+    previous latest, and returns the rows (a failed run's row has an "error").
+    """
+    with warnings.catch_warnings():  # rio-tiler's note that a scene has no overviews
+        warnings.filterwarnings("ignore", message=".*has no Overviews.*")
+        return _run_suite(
+            suite, seconds, labels, out_dir, progress, steps, seed, config, cache, data_dir,
+            resolution_m,
+        )  # fmt: skip
+
+
+def _run_suite(
+    suite, seconds, labels, out_dir, progress, steps, seed, config, cache, data_dir, resolution_m
+):
+    from trainer.loop import TrainConfig
+    from trainer.train import default_seconds
+
+    datasets = suite_datasets(suite)
+    config = config or TrainConfig()
+    cache = Path(cache or cache_dir())
+    data_dir = Path(data_dir or shared_data_dir())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _timestamp()
+    latest = out_dir / f"{suite}-latest.json"
+    previous = json.loads(latest.read_text()) if latest.exists() else None
+    budget = None if steps else (seconds or default_seconds())
+    progress(
+        f"suite {suite}: {len(datasets)} dataset(s), "
+        + (f"{steps} steps" if steps else f"{budget:.0f} s")
+        + " per training"
+    )
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    for dataset in datasets:
+        try:
+            prepared = dataset.prepare(cache, data_dir)
+        except DatasetMissing as exc:
+            progress(f"skipped {dataset.name}: {exc}")
+            skipped.append({"dataset": dataset.name, "reason": str(exc)})
+            continue
+        objects = truth_objects(prepared)
+        done: set[int] = set()
+        for wanted in _label_counts(dataset, labels):
+            labelled = make_annotations(prepared, objects, wanted)
+            if labelled.training_labels in done:
+                continue  # the zone holds fewer: this count was trained already
+            done.add(labelled.training_labels)
+            progress(
+                f"{dataset.name}: {labelled.training_labels} training labels "
+                f"(asked {wanted}), {labelled.accuracy_labels} accuracy labels"
+            )
+            run_dir = cache / "runs" / f"{suite}-{stamp}" / f"{dataset.name}-{wanted}"
+            try:
+                row = run_one(
+                    prepared, labelled, run_dir,
+                    seconds=budget, steps=steps, seed=seed, config=config, progress=progress,
+                    resolution_m=resolution_m,
+                )  # fmt: skip
+            except Exception as exc:  # one failure must not lose the other rows
+                progress(f"  FAILED: {exc!r}")
+                row = {
+                    "dataset": dataset.name,
+                    "labels": labelled.training_labels,
+                    "labels_requested": wanted,
+                    "error": "".join(traceback.format_exception_only(exc)).strip(),
+                }
+            rows.append(row)
+            if "error" not in row:
+                progress(
+                    f"  F1 {row['f1']:.3f} (P {row['precision']:.3f}, R {row['recall']:.3f}), "
+                    f"{row['steps']} steps in {row['train_seconds']:.0f} s"
+                )
+    _attach_deltas(rows, previous)
+    record = {
+        "suite": suite,
+        "timestamp": stamp,
+        "git": git_state(),
+        "machine": machine(),
+        "budget": {"seconds": budget, "steps": steps, "seed": seed},
+        "resolution_m": resolution_m,
+        "labels_requested": labels,
+        "config": dataclasses.asdict(config),
+        "previous": previous["timestamp"] if previous else None,
+        "skipped": skipped,
+        "rows": rows,
+    }
+    path = out_dir / f"{suite}-{stamp}.json"
+    counter = 1
+    while path.exists():
+        counter += 1
+        path = out_dir / f"{suite}-{stamp}-{counter}.json"
+    text = json.dumps(record, indent=1)
+    path.write_text(text)
+    staging = latest.with_name(f".{latest.name}.{os.getpid()}.partial")
+    staging.write_text(text)
+    os.replace(staging, latest)
+    progress(format_table(rows, with_delta=previous is not None))
+    progress(f"saved {path}")
+    return rows
+
+
+def _key(row: dict) -> tuple[str, int]:
+    return row["dataset"], row.get("labels_requested", row["labels"])
+
+
+def _attach_deltas(rows: list[dict], previous: dict | None) -> None:
+    before = {_key(r): r for r in (previous or {}).get("rows", []) if r.get("f1") is not None}
+    for row in rows:
+        old = before.get(_key(row))
+        row["delta_f1"] = (
+            round(row["f1"] - old["f1"], 4)
+            if old is not None and row.get("f1") is not None
+            else None
+        )
+
+
+_COLUMNS = (
+    ("dataset", "dataset", "{}"),
+    ("labels", "labels", "{}"),
+    ("train s", "train_seconds", "{:.0f}"),
+    ("steps", "steps", "{}"),
+    ("P", "precision", "{:.3f}"),
+    ("R", "recall", "{:.3f}"),
+    ("F1", "f1", "{:.3f}"),
+    ("ΔF1", "delta_f1", "{:+.3f}"),
+    ("count F", "counting_f1", "{:.3f}"),
+    ("count err", "count_error", "{:.1%}"),
+    ("fg IoU", "foreground_iou", "{:.3f}"),
+)
+
+
+def format_table(rows: Sequence[dict], with_delta: bool = True) -> str:
+    """Rows as an aligned text table; ΔF1 (against the previous run) when `with_delta`."""
+    columns = [c for c in _COLUMNS if with_delta or c[1] != "delta_f1"]
+    cells = [[title for title, _, _ in columns]]
+    for row in rows:
+        line = []
+        for _, key, form in columns:
+            value = row.get(key)
+            if "error" in row and key not in ("dataset", "labels"):
+                value = "failed" if key == "train_seconds" else None
+            line.append(
+                "-" if value is None else value if isinstance(value, str) else form.format(value)
+            )
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_from_cli(
+    suite: str = "default",
+    seconds: float | None = None,
+    labels: list[int] | None = None,
+    out_dir: Path | None = None,
+    steps: int | None = None,
+) -> int:
+    """The `tiledetect experiments run` command: 0 when every run scored, 1 when one failed,
+    2 for an unknown suite. `steps` trains a fixed step count instead of a time budget
+    (comparable across runs on a machine others are loading)."""
+    try:
+        suite_datasets(suite)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    rows = run_suite(suite, seconds, labels, Path(out_dir or DEFAULT_RESULTS), steps=steps)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.experiments")
+    parser.add_argument("--suite", default="default")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--labels", default=None, help="comma-separated, e.g. 50,100")
+    parser.add_argument("--steps", type=int, default=None, help="fixed steps, not seconds")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    labels = [int(x) for x in args.labels.split(",")] if args.labels else None
+    return run_from_cli(args.suite, args.seconds, labels, args.out, args.steps)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

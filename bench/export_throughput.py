@@ -2,10 +2,10 @@
 
 The image is a synthetic scene of IMAGE_PX x IMAGE_PX pixels (default 20000 at the demo
 detector's 0.3 m: 11 x 11 export cells of 1920 px), made a JPEG COG the way ingest makes one.
-On an idle 2-core CPU one export cell (2048 px inferred as 49 window-lattice chunks) takes ~5 s,
-so one pass over the whole image takes ~10 min and the benchmark makes about four passes: by
+On a 2-core CPU one export cell (2048 px inferred as 49 window-lattice chunks) takes ~6 s,
+so one pass over the whole image takes ~12 min and the benchmark makes about four passes: by
 default the export covers a centred AOI of 4 x 4 cells (7680 x 7680 px, 59 Mpx) of that COG and
-the script takes ~7 min once its inputs are cached (~5 min more the first time). `--aoi-cells 0`
+the script takes ~6-7 min once its inputs are cached (~5 min more the first time). `--aoi-cells 0`
 exports the whole image instead; `--runs` picks runs. Every line says what it measured.
 
 - throughput: image Mpx/s of run_export (image pixels covered / its wall time) divided by

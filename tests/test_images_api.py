@@ -81,26 +81,33 @@ def test_image_is_listed_as_processing_until_its_cog_is_complete(client, tmp_pat
         accepted = client.post("/api/images", files={"file": ("big.tif", handle)}).json()
     image_id, job_id = accepted["image"]["id"], accepted["job"]["id"]
 
+    # Ingest marks the image ready and then the job succeeded, so each observation reads the
+    # image before and after its other requests and counts only if it stayed 'processing'.
     seen_processing = False
     progress_seen: list[float] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        before = client.get(f"/api/images/{image_id}").json()
+        if before["status"] == "ready":
+            break
+        assert before["status"] == "processing"
         job = client.get(f"/api/jobs/{job_id}").json()
-        image = client.get(f"/api/images/{image_id}").json()
-        if job["status"] != "succeeded":
-            assert image["status"] == "processing"
+        tile = client.get(f"/api/images/{image_id}/tiles/WebMercatorQuad/18/0/0.png")
+        after = client.get(f"/api/images/{image_id}").json()
+        if after["status"] == "processing":
             seen_processing = True
+            assert job["status"] != "succeeded"
             progress_seen.append(job["progress"])
-            tile = client.get(f"/api/images/{image_id}/tiles/WebMercatorQuad/18/0/0.png")
             assert tile.status_code == 409
             assert "still being ingested" in tile.json()["detail"]
-        else:
-            assert image["status"] == "ready"
-            break
         time.sleep(0.05)
     assert seen_processing
     assert progress_seen == sorted(progress_seen)
-    assert image["status"] == "ready"
+    assert client.get(f"/api/images/{image_id}").json()["status"] == "ready"
+    job_deadline = time.monotonic() + 10
+    while client.get(f"/api/jobs/{job_id}").json()["status"] != "succeeded":
+        assert time.monotonic() < job_deadline, "the image is ready but its job never finished"
+        time.sleep(0.05)
 
 
 def test_delete_removes_record_and_files(client, settings, rgb_image):

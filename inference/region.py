@@ -81,24 +81,23 @@ def infer_region(request: RegionRequest, detector: Detector) -> tuple[np.ndarray
         request.image_gsd,
     )
     read_seconds = time.perf_counter() - started
-    row_spans = _spans(chunk_edges(height, spec))
-    col_spans = _spans(chunk_edges(width, spec))
+    fixed = detector.fixed_input
+    row_spans = _spans(chunk_edges(height, spec, fixed))
+    col_spans = _spans(chunk_edges(width, spec, fixed))
     # Same-shaped chunks go to the model together (GPU batching); on CPU one at a time is as fast.
     batch = 8 if detector.provider == "CUDAExecutionProvider" else 1
     by_shape: dict[tuple[int, int], list] = {}
     for rows in row_spans:
         for cols in col_spans:
-            by_shape.setdefault((rows[1] - rows[0], cols[1] - cols[0]), []).append((rows, cols))
+            shape = (spec.tile_size,) * 2 if fixed else (rows[1] - rows[0], cols[1] - cols[0])
+            by_shape.setdefault(shape, []).append((rows, cols))
     probabilities = np.empty((1 + len(spec.class_names), height, width), np.float32)
     infer_seconds = 0.0
     for group in by_shape.values():
         for first in range(0, len(group), batch):
             members = group[first : first + batch]
             inputs = np.stack(
-                [
-                    pixels[:, r0 : r1 + 2 * context, c0 : c1 + 2 * context]
-                    for (r0, r1), (c0, c1) in members
-                ]
+                [_chunk_input(pixels, rows, cols, spec, fixed) for rows, cols in members]
             )
             began = time.perf_counter()
             outputs = detector.run(inputs)
@@ -112,8 +111,18 @@ def infer_region(request: RegionRequest, detector: Detector) -> tuple[np.ndarray
     return probabilities, transform, timings
 
 
-def chunk_edges(size: int, spec: DetectorSpec) -> list[int]:
-    """Split `size` px into near-equal chunks no larger than a window core, on the lattice."""
+def chunk_edges(size: int, spec: DetectorSpec, whole_windows: bool = False) -> list[int]:
+    """Split `size` px (a lattice multiple) into chunks no larger than a window core.
+
+    Near-equal lattice-sized chunks by default; with `whole_windows` (fixed-input models)
+    chunks of exactly the core, the last one shorter (its input is padded to a window).
+    """
+    if size <= 0 or size % LATTICE_PX:
+        raise ValueError(
+            f"a region side must be a positive multiple of {LATTICE_PX} px, not {size}"
+        )
+    if whole_windows:
+        return [*range(0, size, spec.core_size), size]
     units = size // LATTICE_PX
     count = math.ceil(size / spec.core_size)
     base, extra = divmod(units, count)
@@ -121,6 +130,23 @@ def chunk_edges(size: int, spec: DetectorSpec) -> list[int]:
     for i in range(count):
         edges.append(edges[-1] + (base + (1 if i < extra else 0)) * LATTICE_PX)
     return edges
+
+
+def _chunk_input(
+    pixels: np.ndarray,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    spec: DetectorSpec,
+    whole_window: bool,
+) -> np.ndarray:
+    """A chunk with its context; padded past the context to a whole window when required."""
+    (r0, r1), (c0, c1) = rows, cols
+    context = spec.overlap_px
+    chunk = pixels[:, r0 : r1 + 2 * context, c0 : c1 + 2 * context]
+    if not whole_window:
+        return chunk
+    short_rows, short_cols = spec.tile_size - chunk.shape[1], spec.tile_size - chunk.shape[2]
+    return np.pad(chunk, ((0, 0), (0, short_rows), (0, short_cols)))
 
 
 def _spans(edges: list[int]) -> list[tuple[int, int]]:

@@ -29,6 +29,8 @@ class Detector:
     session: ort.InferenceSession
     input_name: str
     provider: str
+    # Models exported with a fixed input (common for Deepness ones) only take whole windows.
+    fixed_input: bool = False
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, bands, H, W), already standardised -> probabilities (N, C, H, W)."""
@@ -67,4 +69,11 @@ def load_detector(path: str | Path, providers: list[str] | None = None) -> Detec
             f"the model returns {classes} channels but class_names has "
             f"{len(spec.class_names) + 1} (background included)"
         )
-    return Detector(spec, session, inputs[0].name, session.get_providers()[0])
+    height, width = inputs[0].shape[2:]
+    fixed = isinstance(height, int) and isinstance(width, int)
+    if fixed and (height, width) != (spec.tile_size, spec.tile_size):
+        raise InvalidDetectorError(
+            f"the model takes {height}x{width} px inputs but its metadata says tiles_size "
+            f"{spec.tile_size}"
+        )
+    return Detector(spec, session, inputs[0].name, session.get_providers()[0], fixed)

@@ -409,13 +409,20 @@ def experiments_run(
     out: Annotated[Path, typer.Option(help="Where result JSON files go.")] = Path(
         "experiments/results"
     ),
+    steps: Annotated[
+        int | None, typer.Option(help="Train exactly this many steps instead of a budget.")
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a training setting, e.g. --set gap_radius=1."),
+    ] = None,
 ) -> None:
     """Train and score the current methodology on every dataset of a suite; print the table
     (with the change since the last run) and save it as JSON."""
     from trainer.experiments import run_from_cli
 
     counts = [int(n) for n in labels.split(",")] if labels else None
-    raise typer.Exit(code=run_from_cli(suite, seconds, counts, out))
+    raise typer.Exit(code=run_from_cli(suite, seconds, counts, out, steps, setting or ()))
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from inference.reading import read_region
 from inference.region import snapped_request
 from trainer.annotations import Area, Label
 from trainer.loop import IGNORE, TrainConfig
-from trainer.targets import class_target
+from trainer.targets import as_classes, class_target
 
 POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
 
@@ -59,9 +59,11 @@ def read_area(
     bands: Sequence[int],
     resolution_m: float,
     margin_px: int = 0,
+    gap_radius: int = 0,
 ) -> AreaData:
     """Read one area (its bounding box on the window lattice, plus `margin_px`) and rasterise
-    its labels; pixels outside the area's polygon are IGNORE."""
+    its labels (touching ones parted, see trainer.targets); pixels outside the area's polygon
+    are IGNORE."""
     pixel = pixel_size_for(source.meta, resolution_m)
     left, bottom, right, top = area.geometry.bounds
     pad = margin_px * pixel
@@ -88,7 +90,7 @@ def read_area(
     pixels = read_region(source.cog_path, _crs(source), bounds, size, raw, source.meta["gsd"])
     transform = _transform(request.origin_x, request.origin_y, pixel)
     shape = (request.height, request.width)
-    target = label_target(labels, class_names, transform, shape, resolution_m)
+    target = label_target(labels, class_names, transform, shape, resolution_m, gap_radius)
     inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform, dtype="uint8")
     target[inside == 0] = IGNORE
     centres = _centres(labels, class_names, transform, shape)
@@ -101,6 +103,7 @@ def label_target(
     transform,
     shape: tuple[int, int],
     resolution_m: float,
+    gap_radius: int = 0,
 ) -> np.ndarray:
     """Class per pixel; labels later in the list win overlaps; touching labels parted."""
     shapes = []
@@ -111,7 +114,7 @@ def label_target(
     if not shapes:
         return np.zeros(shape, np.uint8)
     ids = rasterize(shapes, out_shape=shape, transform=transform, dtype="int32")
-    return class_target(ids, np.asarray(classes, np.uint8))
+    return class_target(ids, np.asarray(classes, np.uint8), gap_radius)
 
 
 def _trained_shape(label: Label, resolution_m: float, transform) -> BaseGeometry:
@@ -141,7 +144,8 @@ def band_stats(areas: Sequence[AreaData]) -> tuple[np.ndarray, np.ndarray]:
 
 def class_weights(areas: Sequence[AreaData], classes: int, power: float) -> torch.Tensor:
     """Inverse-frequency weights, softened by `power`: small objects are a tiny share of pixels."""
-    counts = sum(np.bincount(a.target[a.target != IGNORE], minlength=classes) for a in areas)
+    targets = [as_classes(a.target) for a in areas]
+    counts = sum(np.bincount(t[t != IGNORE], minlength=classes) for t in targets)
     frequency = np.maximum(counts / max(counts.sum(), 1), 1e-4)
     weights = frequency**-power
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)

@@ -33,11 +33,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import shapely
 from rasterio.warp import transform_geom
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
+
+if TYPE_CHECKING:
+    from trainer.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA_ENV = "TILEDETECT_SHARED_DATA"
@@ -756,22 +760,47 @@ def format_table(rows: Sequence[dict], with_delta: bool = True) -> str:
     return "\n".join(lines)
 
 
+def config_with(overrides: Sequence[str]) -> TrainConfig:
+    """The trainer's TrainConfig with `KEY=VALUE` overrides (e.g. `gap_radius=1`), to compare
+    a methodology change before making it the default."""
+    from trainer.loop import TrainConfig
+
+    config = TrainConfig()
+    kinds = {f.name: type(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    changes: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in kinds:
+            raise KeyError(f"unknown setting {item!r}; settings: {', '.join(kinds)}")
+        kind = kinds[key]
+        if kind is tuple:
+            changes[key] = tuple(int(v) for v in raw.split(","))
+        else:
+            changes[key] = kind(raw)
+    return dataclasses.replace(config, **changes)
+
+
 def run_from_cli(
     suite: str = "default",
     seconds: float | None = None,
     labels: list[int] | None = None,
     out_dir: Path | None = None,
     steps: int | None = None,
+    settings: Sequence[str] = (),
 ) -> int:
     """The `tiledetect experiments run` command: 0 when every run scored, 1 when one failed,
-    2 for an unknown suite. `steps` trains a fixed step count instead of a time budget
-    (comparable across runs on a machine others are loading)."""
+    2 for an unknown suite or setting. `steps` trains a fixed step count instead of a time
+    budget (comparable across runs on a machine others are loading); `settings` override
+    TrainConfig fields."""
     try:
         suite_datasets(suite)
-    except KeyError as exc:
+        config = config_with(settings)
+    except (KeyError, ValueError) as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
-    rows = run_suite(suite, seconds, labels, Path(out_dir or DEFAULT_RESULTS), steps=steps)
+    rows = run_suite(
+        suite, seconds, labels, Path(out_dir or DEFAULT_RESULTS), steps=steps, config=config
+    )
     return 1 if any("error" in r for r in rows) else 0
 
 
@@ -784,9 +813,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels", default=None, help="comma-separated, e.g. 50,100")
     parser.add_argument("--steps", type=int, default=None, help="fixed steps, not seconds")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], help="TrainConfig KEY=VALUE")
     args = parser.parse_args(argv)
     labels = [int(x) for x in args.labels.split(",")] if args.labels else None
-    return run_from_cli(args.suite, args.seconds, labels, args.out, args.steps)
+    return run_from_cli(args.suite, args.seconds, labels, args.out, args.steps, args.set)
 
 
 if __name__ == "__main__":

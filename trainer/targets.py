@@ -1,10 +1,14 @@
-"""Training targets from labelled instances: a class per pixel, touching instances of one class
-parted by a 1-px background line, so the model learns to leave a valley between touching
-objects that the watershed downstream can split (counting needs separate objects)."""
+"""Training targets from labelled instances: a class per pixel, with the pixels where touching
+instances of one class meet marked BORDER. The trainer learns BORDER as background (weighted
+by TrainConfig.border_weight), so the model leaves a valley between touching objects that the
+instance separation downstream can split (counting needs separate objects)."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+
+BORDER = 254  # background between touching objects of a class; IGNORE is 255
 
 
 def touching_edges(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -25,6 +29,29 @@ def touching_edges(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return edge
 
 
-def class_target(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Class index per pixel from instance ids (0 = none) and each id's class."""
-    return np.where(touching_edges(ids, classes), 0, classes[ids]).astype(np.uint8)
+def contact_zone(ids: np.ndarray, classes: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels of an instance within `radius` px (square neighbourhood) of another instance of
+    its class: clearing them leaves a gap about 2 * radius wide, from both sides alike."""
+    zone = np.zeros(ids.shape, bool)
+    size = 2 * radius + 1
+    instance_classes = classes[ids]
+    beyond = int(ids.max()) + 1  # stands for 'no instance' in the minimum (dtype max overflows)
+    for cls in np.unique(instance_classes[ids > 0]):
+        own = np.where(instance_classes == cls, ids, 0)
+        largest = ndimage.maximum_filter(own, size=size)
+        smallest = ndimage.minimum_filter(np.where(own > 0, own, beyond), size=size)
+        zone |= (own > 0) & ((largest != own) | (smallest != own))
+    return zone
+
+
+def class_target(ids: np.ndarray, classes: np.ndarray, gap_radius: int = 0) -> np.ndarray:
+    """Class index per pixel from instance ids (0 = none) and each id's class; BORDER where
+    touching instances meet (a 1-px line for gap_radius 0, else the contact zone)."""
+    ids = ids.astype(np.int64, copy=False)
+    border = contact_zone(ids, classes, gap_radius) if gap_radius else touching_edges(ids, classes)
+    return np.where(border, BORDER, classes[ids]).astype(np.uint8)
+
+
+def as_classes(target: np.ndarray) -> np.ndarray:
+    """The target with BORDER read as background (IGNORE kept)."""
+    return np.where(target == BORDER, 0, target).astype(target.dtype)

@@ -77,7 +77,17 @@ def train_detector(
         for area in labelled.training:
             labels = labelled.labels_in(area)
             label_count += len(labels)
-            areas.append(read_area(source, area, labels, class_names, bands, resolution))
+            areas.append(
+                read_area(
+                    source,
+                    area,
+                    labels,
+                    class_names,
+                    bands,
+                    resolution,
+                    gap_radius=request.config.gap_radius,
+                )  # fmt: skip
+            )
     if not areas:
         raise ValueError("no training area to learn from")
     mean, std = band_stats(areas)

@@ -20,8 +20,10 @@ class DetectorCatalog:
         self.db = db
         self.blobs = blobs
 
-    def create(self, name: str, classes: list[str]) -> DetectorRecord:
-        record = DetectorRecord(id=new_id(), name=name, classes=classes)
+    def create(
+        self, name: str, classes: list[str], colors: list[str] | None = None
+    ) -> DetectorRecord:
+        record = DetectorRecord(id=new_id(), name=name, classes=classes, colors=colors)
         with self.db.transaction() as session:
             session.add(record)
         return record

@@ -77,6 +77,8 @@ class DetectorRecord(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255))
     classes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # One "#rrggbb" per class, chosen at creation; trained versions carry them in their spec.
+    colors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

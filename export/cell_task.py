@@ -31,6 +31,7 @@ from inference.session import Detector, load_detector
 from inference.windows import Bounds
 
 OBJECT_MARGIN_PX = 64  # as display tiles: objects up to this size cross a border whole
+ORT_THREADS_ENV = "TILEDETECT_ORT_THREADS"
 EDGE_TOLERANCE_PX = 0.5
 
 CELL_SCHEMA = pa.schema(
@@ -75,10 +76,33 @@ def read_done(export_dir: str | Path, cell_id: str) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-@functools.lru_cache(maxsize=4)
 def _detector(onnx_path: str) -> Detector:
     """One onnxruntime session per worker process and model (sessions are slow to create)."""
-    return load_detector(onnx_path)
+    return _session(onnx_path, session_threads())
+
+
+@functools.lru_cache(maxsize=4)
+def _session(onnx_path: str, threads: int | None) -> Detector:
+    return load_detector(onnx_path, threads=threads)
+
+
+def session_threads() -> int | None:
+    """onnxruntime threads per call: the cores shared among the worker's threads.
+
+    A worker runs as many cells at once as it has threads; each inferring on all cores would
+    oversubscribe them, while one core each is 1.25x the throughput of one cell at a time on
+    two cores (bench/export_throughput.py) and overlaps one cell's reading with another's
+    inference. TILEDETECT_ORT_THREADS overrides, e.g. for several worker processes per host.
+    """
+    if os.environ.get(ORT_THREADS_ENV):
+        return int(os.environ[ORT_THREADS_ENV])
+    try:
+        from distributed import get_worker
+
+        worker_threads = get_worker().state.nthreads
+    except ValueError:  # not inside a Dask task (a direct call): default threads
+        return None
+    return max(1, (os.cpu_count() or 1) // worker_threads)
 
 
 def run_cell(job: CellJob) -> dict:

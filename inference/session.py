@@ -41,10 +41,18 @@ class Detector:
 _lock = threading.Lock()
 
 
-def load_detector(path: str | Path, providers: list[str] | None = None) -> Detector:
-    """Open and validate an ONNX detector; InvalidDetectorError says what is wrong with it."""
+def load_detector(
+    path: str | Path, providers: list[str] | None = None, threads: int | None = None
+) -> Detector:
+    """Open and validate an ONNX detector; InvalidDetectorError says what is wrong with it.
+
+    `threads` caps onnxruntime's CPU threads per call (default: every core), for callers that
+    run several calls at once and would otherwise oversubscribe the cores.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
     wanted = providers or available_providers()
     try:
         with _lock:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from catalog.models import ImageRecord, JobRecord
+from inference.format import DEFAULT_COLORS
 from tiles.rendering import default_tile_params
 
 
@@ -102,10 +103,20 @@ class DetectorVersionOut(BaseModel):
     metrics: dict[str, Any] | None = None
 
 
+def detector_colors(detector, latest_spec: dict | None) -> list[str]:
+    """A colour per class: the served version's, else the creator's choice, else the palette."""
+    if latest_spec and len(latest_spec.get("colors", [])) == len(detector.classes):
+        return list(latest_spec["colors"])
+    if detector.colors and len(detector.colors) == len(detector.classes):
+        return list(detector.colors)
+    return [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(detector.classes))]
+
+
 class DetectorOut(BaseModel):
     id: str
     name: str
     classes: list[str]
+    colors: list[str]  # one per class: the latest version's, else those chosen at creation
     created_at: datetime
     resolution_m: float | None = None
     spec: dict[str, Any] | None = None  # of the latest version
@@ -119,6 +130,7 @@ class DetectorOut(BaseModel):
             id=detector.id,
             name=detector.name,
             classes=detector.classes,
+            colors=detector_colors(detector, latest),
             created_at=detector.created_at,
             resolution_m=latest["resolution_m"] if latest else None,
             spec=latest,
@@ -192,6 +204,9 @@ class ExportOut(BaseModel):
 class DetectorCreate(BaseModel):
     name: str = Field(..., min_length=1, max_length=255)
     classes: list[str] = Field(..., min_length=1, description="Object classes, e.g. ['tree'].")
+    colors: list[str] | None = Field(
+        None, description="One '#rrggbb' per class for overlays and vectors (default: a palette)."
+    )
 
 
 class TrainRequest(BaseModel):

@@ -4,6 +4,7 @@ and publish each finished training as a new version that the detection layers se
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -28,6 +29,7 @@ log = logging.getLogger("tiledetect.training")
 
 TRAIN_JOB = "train"
 MAX_CLASSES = 16
+HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 class TrainingService:
@@ -52,7 +54,9 @@ class TrainingService:
         self.blobs = blobs
         self._threads: dict[str, threading.Thread] = {}
 
-    def create_detector(self, name: str, classes: list[str]) -> DetectorRecord:
+    def create_detector(
+        self, name: str, classes: list[str], colors: list[str] | None = None
+    ) -> DetectorRecord:
         cleaned = [c.strip() for c in classes]
         if not cleaned or len(cleaned) > MAX_CLASSES:
             raise AnnotationError(f"a detector needs 1 to {MAX_CLASSES} classes")
@@ -60,7 +64,16 @@ class TrainingService:
             raise AnnotationError("class names must be distinct, non-empty, at most 64 characters")
         if "background" in cleaned:
             raise AnnotationError('"background" is implicit; it cannot be a class')
-        return self.detectors.create(name.strip() or "detector", cleaned)
+        if colors is not None:
+            if len(colors) != len(cleaned):
+                raise AnnotationError(
+                    f"colors has {len(colors)} entries for {len(cleaned)} classes; give one each"
+                )
+            wrong = [c for c in colors if not HEX_COLOR.fullmatch(c)]
+            if wrong:
+                raise AnnotationError(f"colours are '#rrggbb' strings; not {wrong[0]!r}")
+            colors = [c.lower() for c in colors]
+        return self.detectors.create(name.strip() or "detector", cleaned, colors)
 
     # Annotations -------------------------------------------------------------------------------
 
@@ -149,6 +162,7 @@ class TrainingService:
         request = TrainingRequest(
             name=detector.name,
             class_names=tuple(detector.classes),
+            colors=tuple(detector.colors or ()),
             images=sources,
             annotations=parsed,
             seconds=seconds,

@@ -154,10 +154,12 @@ class LiveServer:
         return httpx.get(self.url + path, timeout=30, **kwargs)
 
 
-def start_server(data_dir: Path, log_path: Path) -> LiveServer:
-    """`tiledetect serve` in a subprocess, as a user would start it; waits for /healthz."""
+def start_server(data_dir: Path, log_path: Path, **settings: str) -> LiveServer:
+    """`tiledetect serve` in a subprocess, as a user would start it; waits for /healthz.
+    `settings` are more TILEDETECT_* environment settings, e.g. export_cell_px="256"."""
     port = free_port()
     env = {**os.environ, "TILEDETECT_DATA_DIR": str(data_dir)}
+    env |= {f"TILEDETECT_{key.upper()}": value for key, value in settings.items()}
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
         [str(BIN / "tiledetect"), "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -153,3 +153,32 @@ def test_ground_sample_distance_is_in_metres_on_the_ground(epsg, res, bounds, me
     assert ground_sample_distance(CRS.from_epsg(epsg), (res, res), bounds) == pytest.approx(
         metres, rel=1e-3
     )
+
+
+def test_a_catalogue_from_before_detector_colours_opens_and_gains_the_column(tmp_path):
+    """Columns added since a catalogue was made are added on open; its rows stay readable."""
+    import sqlite3
+
+    from catalog.db import Database
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE detectors (id VARCHAR(32) PRIMARY KEY, name VARCHAR(255), "
+            "classes JSON, created_at DATETIME)"
+        )
+        old.execute(
+            "INSERT INTO detectors VALUES ('d1', 'trees', '[\"tree\"]', '2026-01-01 00:00:00')"
+        )
+    database = Database(f"sqlite:///{path}")
+    try:
+        from catalog.models import DetectorRecord
+
+        with database.transaction() as session:
+            record = session.get(DetectorRecord, "d1")
+            assert record.classes == ["tree"] and record.colors is None
+            record.colors = ["#123456"]
+        with database.transaction() as session:
+            assert session.get(DetectorRecord, "d1").colors == ["#123456"]
+    finally:
+        database.dispose()

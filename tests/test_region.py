@@ -130,7 +130,7 @@ def test_chunks_cover_the_side_exactly():
             assert edges[0] == 0 and edges[-1] == size
             assert (sizes > 0).all() and (sizes <= SPEC.core_size).all()
             assert all(e % LATTICE_PX == 0 for e in edges)
-    with pytest.raises(ValueError, match="multiple of 16, not 100"):
+    with pytest.raises(ValueError, match="multiple of 16 px, not 100"):
         chunk_edges(100, SPEC)
 
 

@@ -62,11 +62,18 @@ def served(tmp_path_factory, scene):
         yield client, image, collection
 
 
-def create(client, classes=("tree", "building")) -> dict:
-    response = client.post("/api/detectors", json={"name": "trees", "classes": list(classes)})
+COLORS = ["#0ea5e9", "#f97316"]
+
+
+def create(client, classes=("tree", "building"), colors=None) -> dict:
+    body = {"name": "trees", "classes": list(classes)}
+    if colors:
+        body["colors"] = colors
+    response = client.post("/api/detectors", json=body)
     assert response.status_code == 201, response.text
     detector = response.json()
     assert detector["versions"] == [] and detector["classes"] == list(classes)
+    assert len(detector["colors"]) == len(classes)
     return detector
 
 
@@ -86,7 +93,8 @@ def wait_for_job(client, job_id: str, timeout: float = 300) -> tuple[dict, list[
 
 def test_train_publishes_a_scored_version_that_serves_at_once(served):
     client, image, collection = served
-    detector = create(client)
+    detector = create(client, colors=COLORS)
+    assert detector["colors"] == COLORS
     url = f"/api/detectors/{detector['id']}"
     saved = client.put(f"{url}/annotations", json=collection)
     assert saved.status_code == 200, saved.text
@@ -115,6 +123,7 @@ def test_train_publishes_a_scored_version_that_serves_at_once(served):
     model = client.get(f"{url}/versions/1/model.onnx")
     props = {p.key: p.value for p in onnx.load_from_string(model.content).metadata_props}
     assert json.loads(props["model_type"]) == "Segmentor" and "tree" in props["class_names"]
+    assert json.loads(props["tiledetect_colors"]) == COLORS  # the creator's colours travel
     report = client.get(f"{url}/versions/1/report.json").json()
     assert report["labels"] > 0 and report["train_seconds"] > 0
     predictions = client.get(f"{url}/versions/1/predictions.geojson").json()
@@ -128,6 +137,7 @@ def test_train_publishes_a_scored_version_that_serves_at_once(served):
     assert tile.startswith("WebMercatorQuad/")
     described = client.get(url).json()
     assert described["versions"][-1]["number"] == 1
+    assert described["colors"] == described["spec"]["colors"] == COLORS
     assert described["execution_provider"] == "CPUExecutionProvider"
 
 
@@ -189,6 +199,15 @@ def test_wrong_annotations_are_refused_naming_the_feature(served):
     assert response.status_code == 422 and "no labels" in response.json()["detail"]
     assert len(client.get("/api/jobs").json()) == jobs_before
     assert client.post("/api/detectors", json={"name": "x", "classes": []}).status_code == 422
+    detectors_before = client.get("/api/detectors").json()
+    for colors, message in (
+        (["#ff0000"], "colors has 1 entries for 2 classes"),
+        (["#ff0000", "red"], "not 'red'"),
+    ):
+        body = {"name": "x", "classes": ["tree", "car"], "colors": colors}
+        response = client.post("/api/detectors", json=body)
+        assert response.status_code == 422 and message in response.json()["detail"]
+    assert client.get("/api/detectors").json() == detectors_before
     assert client.get("/healthz").status_code == 200
 
 

@@ -56,7 +56,9 @@ def scene(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
-    live = start_server(root / "data", root / "server.log")
+    # Small export cells: the scene's export has 16 of them, so progress per cell shows and
+    # there is time to cancel one.
+    live = start_server(root / "data", root / "server.log", export_cell_px="256")
     try:
         yield live
     finally:
@@ -343,6 +345,27 @@ def test_full_workflow(server, browser, page, scene):
         by_class[f["properties"]["class"]] = by_class.get(f["properties"]["class"], 0) + 1
     assert {k: v for k, v in counts.items() if v} == by_class
 
+    # Cancel an export while it runs, then resume it: the cells done are kept.
+    page.select_option("#export-format", "fgb")
+    page.click("#export-button")
+    page.wait_for_selector("#export-cancel:not([hidden])")
+    page.click("#export-cancel")
+    page.wait_for_selector("#export-resume:not([hidden])", timeout=120_000)
+    assert "Cancelled after" in page.text_content("#export-label")
+    (cancelled,) = [e for e in server.get("/api/exports").json() if e["format"] == "fgb"]
+    assert cancelled["state"] == "cancelled" and cancelled["cells_done"] < cancelled["cells_total"]
+    shot(page, "06a-export-cancelled")
+    page.click("#export-resume")
+    page.wait_for_function(
+        "() => !document.getElementById('export-download').hidden"
+        " && document.getElementById('export-download').textContent.includes('fgb')",
+        timeout=300_000,
+    )
+    resumed = server.get(f"/api/exports/{cancelled['id']}").json()
+    assert resumed["state"] == "done" and resumed["cells_done"] == resumed["cells_total"]
+    # Resumed, it found what the uninterrupted GeoJSON export found.
+    assert {k: c["count"] for k, c in resumed["summary"]["classes"].items()} == counts
+
     # An export over a drawn AOI, as a GeoPackage.
     page.select_option("#draw-role", "aoi")
     draw_rectangle(page, image, (0.1, 0.1), (0.4, 0.4))
@@ -413,6 +436,51 @@ def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, sc
     assert page.locator("#annotations-error").is_hidden()
     drawn = page.evaluate("() => window.tiledetect.draw.features.length")
     assert drawn == 4
+
+    # Reshape the triangle: drag a vertex, drag a midpoint (a new vertex), shift-click it away.
+    def triangle() -> list[list[float]]:
+        (polygon,) = [
+            f
+            for f in annotations(server, detector["id"])
+            if f["geometry"]["type"] == "Polygon"
+            and f["properties"].get("shape") != "box"
+            and f["properties"].get("role", "label") == "label"
+        ]
+        return polygon["geometry"]["coordinates"][0]
+
+    def near(a, b) -> bool:
+        west, south, east, north = image["bounds_wgs84"]
+        return abs(a[0] - b[0]) < 0.01 * (east - west) and abs(a[1] - b[1]) < 0.01 * (north - south)
+
+    page.click("#toolbar [data-mode=select]")
+    page.mouse.click(*screen(page, *image_point(image, 0.38, 0.33)))
+    page.wait_for_function("() => window.tiledetect.draw.selected() !== null")
+    drag(
+        page,
+        screen(page, *image_point(image, 0.4, 0.4)),
+        screen(page, *image_point(image, 0.45, 0.45)),
+    )
+    wait_saved(page)
+    ring = triangle()
+    assert len(ring) == 4 and any(near(p, image_point(image, 0.45, 0.45)) for p in ring)
+    assert not any(near(p, image_point(image, 0.4, 0.4)) for p in ring)
+    drag(
+        page,
+        screen(page, *image_point(image, 0.35, 0.3)),
+        screen(page, *image_point(image, 0.35, 0.26)),
+    )
+    wait_saved(page)
+    ring = triangle()
+    assert len(ring) == 5 and any(near(p, image_point(image, 0.35, 0.26)) for p in ring)
+    shot(page, "08b-reshaped")
+    page.keyboard.down("Shift")
+    page.mouse.click(*screen(page, *image_point(image, 0.35, 0.26)))
+    page.keyboard.up("Shift")
+    page.wait_for_function(
+        "() => window.tiledetect.draw.selected().geometry.coordinates[0].length === 4"
+    )
+    wait_saved(page)
+    assert len(triangle()) == 4
 
     page.reload()
     page.wait_for_selector("#toolbar:not([hidden])", timeout=60_000)

@@ -52,6 +52,7 @@ class TrainingRequest:
     steps: int | None = None  # exact step count instead of a time budget (reproducible runs)
     seed: int = 0
     resolution_m: float | None = None  # default: the first image's ground sample distance
+    colors: tuple[str, ...] = ()  # one per class for the version's spec (default: the palette)
     config: TrainConfig = TrainConfig()
 
 
@@ -123,6 +124,7 @@ def train_detector(
         std=tuple(round(float(s), 6) for s in std),
         score_threshold=0.5,
         min_area_m2=_min_area(request),
+        colors=request.colors,
         name=request.name,
     )
     model_path = out_dir / "model.onnx"

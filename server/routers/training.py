@@ -23,7 +23,7 @@ ATTACHMENTS = {"report.json": "application/json", "predictions.geojson": "applic
 def create_detector(
     body: DetectorCreate, services: Annotated[Services, Depends(get_services)]
 ) -> DetectorOut:
-    record = services.training.create_detector(body.name, body.classes)
+    record = services.training.create_detector(body.name, body.classes, body.colors)
     return _describe(services, record.id)
 
 

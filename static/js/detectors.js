@@ -121,8 +121,7 @@ async function createDetector() {
   const colors = rows.filter((r) => r.querySelector("input[type=text]").value.trim())
     .map((r) => r.querySelector("input[type=color]").value);
   try {
-    const detector = await post("/api/detectors", { name: $("detector-name").value.trim(), classes });
-    localStorage.setItem(`tiledetect.colors.${detector.id}`, JSON.stringify(colors));
+    const detector = await post("/api/detectors", { name: $("detector-name").value.trim(), classes, colors });
     $("new-detector").hidden = true;
     $("detector-name").value = "";
     $("class-rows").replaceChildren();

@@ -1,5 +1,5 @@
 // A small drawing tool on MapLibre GeoJSON sources: rectangle, polygon and point tools; select,
-// move, delete; undo. Features are WGS84 GeoJSON with a string id; the owner decides what their
+// move, reshape (drag a vertex or a midpoint, shift-click a vertex to remove it), delete; undo. Features are WGS84 GeoJSON with a string id; the owner decides what their
 // properties mean (`newProperties()`) and how they look (`decorate()`).
 
 const AREA_STYLES = {
@@ -126,6 +126,7 @@ export class Draw {
     const map = this.map;
     map.addSource("draw", { type: "geojson", data: EMPTY });
     map.addSource("draw-sketch", { type: "geojson", data: EMPTY });
+    map.addSource("draw-handles", { type: "geojson", data: EMPTY });
     const isArea = ["==", ["get", "_kind"], "area"];
     for (const [role, style] of Object.entries(AREA_STYLES)) {
       const filter = ["all", isArea, ["==", ["get", "role"], role]];
@@ -150,6 +151,13 @@ export class Draw {
       filter: ["all", ["==", ["get", "_selected"], true], ["==", ["geometry-type"], "Point"]],
       paint: { "circle-radius": 8, "circle-color": "rgba(0,0,0,0)",
         "circle-stroke-color": "#22d3ee", "circle-stroke-width": 3 } });
+    map.addLayer({ id: "draw-handle-midpoint", type: "circle", source: "draw-handles",
+      filter: ["==", ["get", "kind"], "midpoint"],
+      paint: { "circle-radius": 3.5, "circle-color": "#22d3ee", "circle-opacity": 0.7 } });
+    map.addLayer({ id: "draw-handle-vertex", type: "circle", source: "draw-handles",
+      filter: ["==", ["get", "kind"], "vertex"],
+      paint: { "circle-radius": 5, "circle-color": "#fff", "circle-stroke-color": "#0891b2",
+        "circle-stroke-width": 2 } });
     map.addLayer({ id: "draw-sketch-fill", type: "fill", source: "draw-sketch",
       filter: ["==", ["geometry-type"], "Polygon"],
       paint: { "fill-color": "#f472b6", "fill-opacity": 0.15 } });
@@ -174,6 +182,31 @@ export class Draw {
     }));
     this.map.getSource("draw").setData({ type: "FeatureCollection", features: shown });
     this.map.getSource("draw-sketch").setData(this._sketchGeoJSON());
+    this.map.getSource("draw-handles").setData(this._handlesGeoJSON());
+  }
+
+  // Vertices of the selected polygon, and midpoints where a drag inserts one (not for boxes,
+  // whose corners move as a rectangle).
+  _handlesGeoJSON() {
+    const feature = this.selected();
+    if (!feature || feature.geometry.type !== "Polygon" || this.mode !== "select") return EMPTY;
+    const ring = feature.geometry.coordinates[0].slice(0, -1);
+    const features = ring.map((p, index) => handle("vertex", index, p));
+    if (feature.properties.shape !== "box") {
+      ring.forEach((p, index) => {
+        const q = ring[(index + 1) % ring.length];
+        features.push(handle("midpoint", index, [(p[0] + q[0]) / 2, (p[1] + q[1]) / 2]));
+      });
+    }
+    return { type: "FeatureCollection", features };
+  }
+
+  _pickHandle(point) {
+    const box = [[point.x - 6, point.y - 6], [point.x + 6, point.y + 6]];
+    const hits = this.map.queryRenderedFeatures(box, { layers: ["draw-handle-vertex", "draw-handle-midpoint"] });
+    const vertex = hits.find((h) => h.properties.kind === "vertex");
+    const hit = vertex || hits[0];
+    return hit ? { kind: hit.properties.kind, index: hit.properties.index } : null;
   }
 
   _sketchGeoJSON() {
@@ -231,10 +264,32 @@ export class Draw {
 
   _down(e) {
     if (!this.enabled || e.originalEvent.button !== 0) return;
+    this.swallowClick = false;
     if (this.mode === "rectangle") {
       e.preventDefault();
       this.sketch = { kind: "rectangle", points: [this._lngLat(e)], cursor: null };
     } else if (this.mode === "select") {
+      const grip = this.selectedId && this._pickHandle(e.point);
+      if (grip) {
+        e.preventDefault(); // reshape instead of panning
+        this.swallowClick = true; // the click that ends this must not change the selection
+        const feature = this.selected();
+        const original = JSON.stringify(feature.geometry);
+        if (e.originalEvent.shiftKey && grip.kind === "vertex") {
+          this._removeVertex(feature, grip.index);
+          return;
+        }
+        let index = grip.index;
+        if (grip.kind === "midpoint") {
+          const ring = feature.geometry.coordinates[0];
+          ring.splice(index + 1, 0, this._lngLat(e));
+          index += 1;
+        }
+        const ring = feature.geometry.coordinates[0];
+        const anchor = feature.properties.shape === "box" ? ring[(index + 2) % 4] : null;
+        this.drag = { vertex: index, anchor, moved: false, original };
+        return;
+      }
       const id = this._pick(e.point);
       if (id && id === this.selectedId) {
         e.preventDefault(); // drag the selected feature instead of panning
@@ -248,6 +303,12 @@ export class Draw {
     if (this.sketch) {
       this.sketch.cursor = this._lngLat(e);
       this.map.getSource("draw-sketch").setData(this._sketchGeoJSON());
+    } else if (this.drag && this.drag.vertex !== undefined) {
+      const feature = this.selected();
+      const to = this._lngLat(e);
+      feature.geometry = this.drag.anchor ? rectangle(this.drag.anchor, to) : moveVertex(feature.geometry, this.drag.vertex, to);
+      this.drag.moved = true;
+      this.render();
     } else if (this.drag) {
       const [lon, lat] = this._lngLat(e);
       const dx = lon - this.drag.start[0];
@@ -276,7 +337,10 @@ export class Draw {
     } else if (this.drag) {
       const { moved, original } = this.drag;
       this.drag = null;
-      if (moved) {
+      if (!moved) {
+        this.selected().geometry = JSON.parse(original); // a click on a midpoint adds nothing
+        this.render();
+      } else {
         const feature = this.selected();
         const movedGeometry = feature.geometry;
         feature.geometry = JSON.parse(original);
@@ -287,6 +351,10 @@ export class Draw {
 
   _click(e) {
     if (!this.enabled) return;
+    if (this.swallowClick) {
+      this.swallowClick = false;
+      return;
+    }
     if (this.mode === "select") {
       this.select(this._pick(e.point));
     } else if (this.mode === "point") {
@@ -308,6 +376,13 @@ export class Draw {
     }
   }
 
+  _removeVertex(feature, index) {
+    const ring = feature.geometry.coordinates[0].slice(0, -1);
+    if (ring.length <= 3 || feature.properties.shape === "box") return; // stays a polygon
+    ring.splice(index, 1);
+    this.mutate(() => { feature.geometry = { type: "Polygon", coordinates: [[...ring, ring[0]]] }; });
+  }
+
   _finishPolygon() {
     const s = this.sketch;
     this.sketch = null;
@@ -322,6 +397,17 @@ function rectangle([x0, y0], [x1, y1]) {
   const [w, e] = [Math.min(x0, x1), Math.max(x0, x1)];
   const [s, n] = [Math.min(y0, y1), Math.max(y0, y1)];
   return { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] };
+}
+
+function handle(kind, index, coordinates) {
+  return { type: "Feature", properties: { kind, index }, geometry: { type: "Point", coordinates } };
+}
+
+// The polygon with vertex `index` at `to` (boxes are redrawn from their fixed corner instead).
+function moveVertex(geometry, index, to) {
+  const ring = geometry.coordinates[0].slice(0, -1);
+  ring[index] = to;
+  return { type: "Polygon", coordinates: [[...ring, ring[0]], ...geometry.coordinates.slice(1)] };
 }
 
 function translate(geometry, dx, dy) {

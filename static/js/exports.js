@@ -20,10 +20,10 @@ function showCells(exp) {
   });
 }
 
+let current = null; // the export shown in the panel: {id, format}
+
 async function runExport() {
   showError("export-error", null);
-  $("export-download").hidden = true;
-  $("export-counts").replaceChildren();
   const format = $("export-format").value;
   const body = { format, version: state.version };
   if ($("export-extent").value === "aoi") {
@@ -34,13 +34,23 @@ async function runExport() {
     }
     body.aoi = aoi;
   }
+  await follow(() => post(`/api/detectors/${state.detector.id}/images/${state.image.id}/exports`, body), format);
+}
+
+// Start (or resume) an export with `start()`, then show its progress until it ends.
+async function follow(start, format) {
+  $("export-download").hidden = true;
+  $("export-resume").hidden = true;
+  $("export-counts").replaceChildren();
   const button = $("export-button");
   button.disabled = true;
   $("export-progress").hidden = false;
   $("export-label").textContent = "Starting…";
   $("export-bar").value = 0;
   try {
-    const started = await post(`/api/detectors/${state.detector.id}/images/${state.image.id}/exports`, body);
+    const started = await start();
+    current = { id: started.id, format };
+    $("export-cancel").hidden = false;
     const exp = await poll(`/api/exports/${started.id}`, (e) => !["queued", "running", "pending"].includes(e.state), (e) => {
       const fraction = e.cells_total ? (e.cells_done + e.cells_failed) / e.cells_total : 0;
       $("export-bar").value = fraction;
@@ -49,7 +59,13 @@ async function runExport() {
         (e.eta_seconds ? ` · ${duration(e.eta_seconds)} left` : "");
       showCells(e);
     }, 500);
+    if (exp.state === "cancelled") {
+      $("export-label").textContent = `Cancelled after ${exp.cells_done} of ${exp.cells_total} cells; the cells done are kept.`;
+      $("export-resume").hidden = false;
+      return;
+    }
     if (exp.state !== "succeeded" && exp.state !== "done" && !exp.download_url) {
+      $("export-resume").hidden = false;
       throw new Error(`Export ${exp.state}: ${exp.error || "see the server log"}`);
     }
     $("export-label").textContent = `Done: ${exp.objects} objects in ${exp.cells_total} cells` +
@@ -68,9 +84,32 @@ async function runExport() {
     showError("export-error", error);
   } finally {
     button.disabled = false;
+    $("export-cancel").hidden = true;
   }
+}
+
+async function cancelExport() {
+  if (!current) return;
+  $("export-cancel").disabled = true;
+  try {
+    await post(`/api/exports/${current.id}/cancel`, {});
+    $("export-label").textContent = "Cancelling…";
+  } catch (error) {
+    showError("export-error", error);
+  } finally {
+    $("export-cancel").disabled = false;
+  }
+}
+
+function resumeExport() {
+  if (!current) return;
+  showError("export-error", null);
+  const { id, format } = current;
+  follow(() => post(`/api/exports/${id}/resume`, {}), format);
 }
 
 export function initExports() {
   $("export-button").addEventListener("click", runExport);
+  $("export-cancel").addEventListener("click", cancelExport);
+  $("export-resume").addEventListener("click", resumeExport);
 }

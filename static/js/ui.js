@@ -34,21 +34,15 @@ export function duration(seconds) {
 
 export const pct = (value) => (value === null || value === undefined ? "–" : `${(100 * value).toFixed(1)} %`);
 
-// The classes' colours: the server's defaults, or what the user picked when creating the detector.
+// The palette offered when creating a detector (the server's default colours).
 export const DEFAULT_COLORS = ["#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#ec4899"];
 
+// Class name -> colour, as the API stores them (chosen at creation, carried by each version).
 export function classColors(detector) {
   if (!detector) return {};
-  const fromSpec = detector.spec && detector.spec.colors;
-  let picked = null;
-  try {
-    picked = JSON.parse(localStorage.getItem(`tiledetect.colors.${detector.id}`) || "null");
-  } catch {
-    picked = null;
-  }
   const colors = {};
   detector.classes.forEach((name, i) => {
-    colors[name] = (picked && picked[i]) || (fromSpec && fromSpec[i]) || DEFAULT_COLORS[i % DEFAULT_COLORS.length];
+    colors[name] = (detector.colors && detector.colors[i]) || DEFAULT_COLORS[i % DEFAULT_COLORS.length];
   });
   return colors;
 }

@@ -42,6 +42,11 @@ class DetectorSpec:
     min_area_m2: float = 1.0
     colors: tuple[str, ...] = field(default=())
     name: str = ""
+    # Largest chunk core (px) region inference may feed at once; 0: one window core. Only for
+    # fully convolutional detectors whose output at a pixel depends on the input within the
+    # overlap margin alone, whatever the input size (tiledetect's own): bigger chunks then give
+    # the same probabilities as windows with less context computed twice.
+    region_chunk_px: int = 0
 
     @property
     def core_size(self) -> int:
@@ -67,6 +72,7 @@ class DetectorSpec:
             "score_threshold": self.score_threshold,
             "min_area_m2": self.min_area_m2,
             "colors": [self.color(i) for i in range(len(self.class_names))],
+            "region_chunk_px": self.region_chunk_px,
         }
 
 
@@ -90,6 +96,7 @@ def spec_to_metadata(spec: DetectorSpec) -> dict[str, str]:
         "tiledetect_min_area_m2": spec.min_area_m2,
         "tiledetect_colors": [spec.color(i) for i in range(len(spec.class_names))],
         "tiledetect_name": spec.name,
+        "tiledetect_region_chunk_px": spec.region_chunk_px,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
@@ -131,12 +138,18 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         min_area = float(values["tiledetect_min_area_m2"])
     else:
         min_area = float(values.get("seg_small_segment", 1)) * resolution_m**2
+    region_chunk_px = int(values.get("tiledetect_region_chunk_px", 0))
+    if region_chunk_px < 0 or region_chunk_px % 16:
+        raise InvalidDetectorError(
+            f"tiledetect_region_chunk_px must be a multiple of 16 px, not {region_chunk_px}"
+        )
     return DetectorSpec(
         model_type=model_type,
         class_names=class_names,
         resolution_m=resolution_m,
         tile_size=tile_size,
         overlap_px=overlap_px,
+        region_chunk_px=region_chunk_px,
         input_bands=bands,
         mean=mean,
         std=std,

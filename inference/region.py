@@ -112,7 +112,8 @@ def infer_region(request: RegionRequest, detector: Detector) -> tuple[np.ndarray
 
 
 def chunk_edges(size: int, spec: DetectorSpec, whole_windows: bool = False) -> list[int]:
-    """Split `size` px (a lattice multiple) into chunks no larger than a window core.
+    """Split `size` px (a lattice multiple) into chunks no larger than a window core (or the
+    detector's region_chunk_px, when it allows bigger ones).
 
     Near-equal lattice-sized chunks by default; with `whole_windows` (fixed-input models)
     chunks of exactly the core, the last one shorter (its input is padded to a window).
@@ -124,7 +125,7 @@ def chunk_edges(size: int, spec: DetectorSpec, whole_windows: bool = False) -> l
     if whole_windows:
         return [*range(0, size, spec.core_size), size]
     units = size // LATTICE_PX
-    count = math.ceil(size / spec.core_size)
+    count = math.ceil(size / max(spec.core_size, spec.region_chunk_px))
     base, extra = divmod(units, count)
     edges = [0]
     for i in range(count):

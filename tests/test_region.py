@@ -8,6 +8,7 @@ whole region, which is what chunked inference must reproduce inside the receptiv
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +109,20 @@ def whole_region_probabilities(net, request: RegionRequest) -> np.ndarray:
     return out[:, context : context + request.height, context : context + request.width]
 
 
-@pytest.mark.parametrize("dynamic", [True, False], ids=["any-size input", "fixed input"])
-def test_region_equals_one_pass_over_it(image, tmp_path, dynamic):
+@pytest.mark.parametrize(
+    ("dynamic", "chunk_px"),
+    [(True, 0), (False, 0), (True, 64), (False, 64)],
+    ids=["any-size input", "fixed input", "any-size input, big chunks", "fixed, big ignored"],
+)
+def test_region_equals_one_pass_over_it(image, tmp_path, dynamic, chunk_px):
     net = small_net()
-    detector = load_detector(export(net, tmp_path / "d.onnx", SPEC, dynamic))
+    spec = dataclasses.replace(SPEC, region_chunk_px=chunk_px)
+    detector = load_detector(export(net, tmp_path / "d.onnx", spec, dynamic))
     assert detector.fixed_input is (not dynamic)
+    assert detector.spec.region_chunk_px == chunk_px
+    calls = []
+    run = detector.run
+    detector.run = lambda batch: calls.append(batch.shape) or run(batch)
     # 112 x 80 px: neither side a multiple of the 32 px core, so some chunks are short.
     request = region(image, width=112, height=80)
     probabilities, transform, _timings = infer_region(request, detector)
@@ -120,16 +130,20 @@ def test_region_equals_one_pass_over_it(image, tmp_path, dynamic):
     assert transform.c == request.origin_x and transform.f == request.origin_y
     expected = whole_region_probabilities(net, request)
     assert np.abs(probabilities - expected).max() < 1e-5
+    # 32 px cores: 4 x 3 chunks; 64 px chunks (any-size models only): 2 x 2.
+    assert len(calls) == (4 if dynamic and chunk_px else 12)
 
 
 def test_chunks_cover_the_side_exactly():
+    big = dataclasses.replace(SPEC, region_chunk_px=96)
     for size in (16, 32, 48, 112, 320, 2048):
-        for whole in (False, True):
-            edges = chunk_edges(size, SPEC, whole)
+        for spec, whole, largest in ((SPEC, False, 32), (SPEC, True, 32), (big, False, 96)):
+            edges = chunk_edges(size, spec, whole)
             sizes = np.diff(edges)
             assert edges[0] == 0 and edges[-1] == size
-            assert (sizes > 0).all() and (sizes <= SPEC.core_size).all()
+            assert (sizes > 0).all() and (sizes <= largest).all()
             assert all(e % LATTICE_PX == 0 for e in edges)
+            assert len(sizes) == -(-size // largest)  # as few chunks as the limit allows
     with pytest.raises(ValueError, match="multiple of 16 px, not 100"):
         chunk_edges(100, SPEC)
 

@@ -313,6 +313,25 @@ def test_full_workflow(server, browser, page, scene):
         assert time.monotonic() < deadline, tile_urls[-5:]
         page.wait_for_timeout(200)
 
+    # A second version (a very short training), then back to the first: the layer and the
+    # scores follow the version chosen.
+    f1_v1 = page.text_content(".metric-f1")
+    page.fill("#train-steps", "10")
+    page.click("#train-button")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#version-select option')].length === 2",
+        timeout=600_000,
+    )
+    page.wait_for_function("() => window.tiledetect.state.version === 2")
+    tile_urls.clear()
+    page.select_option("#version-select", "1")
+    page.wait_for_function("() => window.tiledetect.state.version === 1")
+    assert page.text_content(".metric-f1") == f1_v1
+    deadline = time.monotonic() + 30
+    while not any("version=1" in u for u in tile_urls):
+        assert time.monotonic() < deadline, tile_urls[-5:]
+        page.wait_for_timeout(200)
+
     # URLs for QGIS.
     page.click("#urls summary")
     copies = page.locator("#url-list .copy")

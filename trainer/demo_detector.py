@@ -37,6 +37,7 @@ from scenes.synthetic import SceneObject, SceneSpec, plan_scene, write_scene
 from trainer.loop import TrainConfig, train
 from trainer.network import (
     MULTIPLE,
+    REGION_CHUNK_PX,
     SegmentationNet,
     export_onnx,
     onnx_torch_difference,
@@ -76,6 +77,7 @@ def demo_spec(mean: Sequence[float], std: Sequence[float]) -> DetectorSpec:
         # so every window sits on the same pixel lattice.
         tile_size=512,
         overlap_px=96,
+        region_chunk_px=REGION_CHUNK_PX,
         input_bands=(1, 2, 3),
         mean=tuple(round(float(m), 6) for m in mean),
         std=tuple(round(float(s), 6) for s in std),

@@ -31,7 +31,12 @@ from trainer.data import (
 )
 from trainer.evaluate import Scores, predict_area, score_areas
 from trainer.loop import TrainConfig, TrainProgress, train
-from trainer.network import SegmentationNet, export_onnx, onnx_torch_difference
+from trainer.network import (
+    REGION_CHUNK_PX,
+    SegmentationNet,
+    export_onnx,
+    onnx_torch_difference,
+)
 
 TILE_SIZE, OVERLAP_PX = 512, 96  # windows for the network's ~97 px receptive field (see demo)
 ONNX_TOLERANCE = 1e-4
@@ -119,6 +124,7 @@ def train_detector(
         resolution_m=resolution,
         tile_size=TILE_SIZE,
         overlap_px=OVERLAP_PX,
+        region_chunk_px=REGION_CHUNK_PX,
         input_bands=bands,
         mean=tuple(round(float(m), 6) for m in mean),
         std=tuple(round(float(s), 6) for s in std),

@@ -9,29 +9,34 @@ from scipy import ndimage
 from trainer.loop import IGNORE, weighted_cross_entropy
 from trainer.targets import BORDER, as_classes, class_target
 
-CLASSES = np.array([0, 1, 1, 2], np.uint8)  # ids 1, 2: class 1 (trees); id 3: class 2 (cars)
+CLASSES = np.array([0, 1, 1, 2, 2], np.uint8)  # ids 1, 2: trees (class 1); 3, 4: cars (class 2)
 
 
-def touching_pair() -> np.ndarray:
-    """Two trees side by side (ids 1, 2) and a car (id 3) touching tree 2."""
-    ids = np.zeros((20, 30), np.int32)
-    ids[5:15, 2:12] = 1
-    ids[5:15, 12:22] = 2
-    ids[5:15, 22:27] = 3
+def touching_objects() -> np.ndarray:
+    """Two trees 12 px wide side by side (ids 1, 2), a car 5 px wide (id 3) touching tree 2,
+    and a second car (id 4) touching the first."""
+    ids = np.zeros((34, 40), np.int32)
+    ids[5:29, 0:12] = 1
+    ids[5:29, 12:24] = 2
+    ids[5:29, 24:29] = 3
+    ids[5:29, 29:34] = 4
     return ids
 
 
 def test_gap_radius_parts_touching_objects_of_a_class_only():
-    ids = touching_pair()
-    for radius, width in ((0, 1), (1, 2), (2, 4)):
+    ids = touching_objects()
+    for radius, tree_gap in ((0, 1), (1, 2), (2, 4), (5, 4)):
         target = class_target(ids, CLASSES, radius)
-        gap_columns = np.unique(np.nonzero(target == BORDER)[1])
-        assert len(gap_columns) == width, radius
-        assert gap_columns.min() >= 12 - width and gap_columns.max() < 12 + width
-        # The trees come apart; the car touching tree 2 is another class and keeps its pixels.
-        _, trees = ndimage.label(as_classes(target) == 1)
-        assert trees == 2
-        assert (target[ids == 3] == 2).all()
+        tree_gap_columns = np.unique(np.nonzero(target[:, :24] == BORDER)[1])
+        assert len(tree_gap_columns) == tree_gap, radius
+        assert tree_gap_columns.min() >= 12 - tree_gap and tree_gap_columns.max() < 12 + tree_gap
+        # The trees come apart, and so do the cars; a car touching a tree keeps its pixels.
+        assert ndimage.label(as_classes(target) == 1)[1] == 2
+        assert ndimage.label(as_classes(target) == 2)[1] == 2
+        assert (target[:, 24] == 2)[5:29].all() and (target[:, 33] == 2)[5:29].all()
+        # Cars 5 px wide: whatever the radius asked, their gap stays 1 or 2 px.
+        car_gap = np.unique(np.nonzero(target[:, 24:] == BORDER)[1])
+        assert len(car_gap) == (1 if radius == 0 else 2), radius
 
 
 def test_border_weight_one_is_torch_cross_entropy_and_more_weighs_the_gap():

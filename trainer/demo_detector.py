@@ -42,7 +42,7 @@ from trainer.network import (
     export_onnx,
     onnx_torch_difference,
 )
-from trainer.targets import touching_edges
+from trainer.targets import as_classes, class_target
 
 CLASS_NAMES = ("tree", "building", "car")
 TRAIN_SEEDS = (101, 102, 103, 104)
@@ -125,7 +125,9 @@ def object_centres(spec: SceneSpec, objects: Sequence[SceneObject]) -> np.ndarra
     return np.array(rows, np.int64).reshape(-1, 3)
 
 
-def labelled_scene(seed: int, size: int, density: float = 1.0) -> LabelledScene:
+def labelled_scene(
+    seed: int, size: int, density: float = 1.0, gap_radius: int = 0
+) -> LabelledScene:
     """Render one synthetic scene and rasterise its truth into training labels."""
     base = SceneSpec()
     spec = SceneSpec(
@@ -141,14 +143,14 @@ def labelled_scene(seed: int, size: int, density: float = 1.0) -> LabelledScene:
     ids = instance_raster(spec, objects)
     classes = instance_classes(objects)
     truth = classes[ids]
-    target = np.where(touching_edges(ids, classes), 0, truth).astype(np.uint8)
+    target = class_target(ids, classes, gap_radius)
     return LabelledScene(render_image(spec), truth, target, object_centres(spec, objects))
 
 
 @functools.lru_cache(maxsize=1)
-def training_scenes(density: float) -> tuple[LabelledScene, ...]:
+def training_scenes(density: float, gap_radius: int) -> tuple[LabelledScene, ...]:
     """The training scenes; cached, as rendering them is most of a short run's set-up time."""
-    return tuple(labelled_scene(seed, TRAIN_SIZE, density) for seed in TRAIN_SEEDS)
+    return tuple(labelled_scene(seed, TRAIN_SIZE, density, gap_radius) for seed in TRAIN_SEEDS)
 
 
 def band_stats(scenes: Sequence[LabelledScene]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +168,7 @@ def standardise(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
 
 def class_weights(scenes: Sequence[LabelledScene], power: float) -> torch.Tensor:
     """Inverse-frequency weights, softened by `power`: cars are a tiny share of pixels."""
-    counts = sum(np.bincount(s.target.ravel(), minlength=4) for s in scenes)
+    counts = sum(np.bincount(as_classes(s.target).ravel(), minlength=4) for s in scenes)
     frequency = np.maximum(counts / counts.sum(), 1e-6)
     weights = frequency**-power
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
@@ -284,7 +286,7 @@ def build_demo_detector(
     began = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(seed)
-    scenes = training_scenes(config.density)
+    scenes = training_scenes(config.density, config.gap_radius)
     mean, std = band_stats(scenes)
     inputs = [standardise(s.image, mean, std) for s in scenes]
     sampler = ChipSampler(scenes, inputs, config)

@@ -33,8 +33,12 @@ class TrainConfig:
     weight_power: float = 0.25  # cross-entropy class weight = (1 / frequency) ** power
     dice: float = 1.0  # weight of the soft-Dice term added to the cross-entropy
     density: float = 2.0  # objects per km² in training scenes, relative to the demo scene
-    gap_radius: int = 0  # touching labels parted by a 1-px line (0) or a ~2r-px gap (r)
-    border_weight: float = 1.0  # loss weight of those gap pixels relative to the others
+    # Touching labels of a class are parted by a gap about 2r px wide (0: a 1-px line), whose
+    # pixels weigh border_weight times the others: the model learns to leave a valley between
+    # touching crowns. Synthetic trees, 600 steps: F1 0.58 (0, 1) -> 0.68 (1, 1) -> 0.97 (1, 3);
+    # NEON crowns 0.12 -> 0.46 with (2, 3) (README, "What we tried").
+    gap_radius: int = 2
+    border_weight: float = 3.0
 
 
 @dataclass(frozen=True)

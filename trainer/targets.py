@@ -29,14 +29,32 @@ def touching_edges(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return edge
 
 
+def class_gap_radius(ids: np.ndarray, classes: np.ndarray, radius: int) -> dict[int, int]:
+    """Gap radius per class: `radius`, but at most a third of the class's typical half-width
+    (the median of its instances' shorter box side / 2) and at least 1, so a 2 px cut does
+    not eat a car 6 px wide while crowns 30 px wide get a clear valley."""
+    boxes = ndimage.find_objects(ids)
+    half_widths: dict[int, list[float]] = {}
+    for number, box in enumerate(boxes, start=1):
+        if box is not None:
+            shorter = min(box[0].stop - box[0].start, box[1].stop - box[1].start)
+            half_widths.setdefault(int(classes[number]), []).append(shorter / 2)
+    return {
+        cls: int(np.clip(np.median(widths) // 3, 1, radius))
+        for cls, widths in half_widths.items()
+    }
+
+
 def contact_zone(ids: np.ndarray, classes: np.ndarray, radius: int) -> np.ndarray:
-    """Pixels of an instance within `radius` px (square neighbourhood) of another instance of
-    its class: clearing them leaves a gap about 2 * radius wide, from both sides alike."""
+    """Pixels of an instance within its class's gap radius (square neighbourhood, see
+    class_gap_radius) of another instance of its class: clearing them leaves a gap about
+    2 * radius wide, from both sides alike."""
     zone = np.zeros(ids.shape, bool)
-    size = 2 * radius + 1
     instance_classes = classes[ids]
     beyond = int(ids.max()) + 1  # stands for 'no instance' in the minimum (dtype max overflows)
+    radii = class_gap_radius(ids, classes, radius)
     for cls in np.unique(instance_classes[ids > 0]):
+        size = 2 * radii[int(cls)] + 1
         own = np.where(instance_classes == cls, ids, 0)
         largest = ndimage.maximum_filter(own, size=size)
         smallest = ndimage.minimum_filter(np.where(own > 0, own, beyond), size=size)

@@ -19,7 +19,7 @@ MULTIPLE = 16  # the exported model takes any H, W that are multiples of this
 # Fully convolutional, BatchNorm frozen at export: region inference may feed chunks this big
 # (plus the margin) and get the windows' probabilities with less context computed twice.
 # Bigger saves little more and costs memory (bench/export_throughput.py).
-REGION_CHUNK_PX = 1024
+REGION_CHUNK_PX = 768
 FINE_WIDTH = 16  # channels of the full-resolution refinement
 
 

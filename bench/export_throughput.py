@@ -73,7 +73,7 @@ TARGET_SCALING = 4.2  # time for 4x the area
 TARGET_RSS_MB = 1500.0
 BUSY_CORES = 0.15  # other load (average cores) above which the figures get a warning
 CACHE_VERSION = 1  # bump when the way inputs are made changes
-DETECTOR_CACHE_VERSION = 3  # 2: region_chunk_px in the metadata; 3: 768, not 1024
+DETECTOR_CACHE_VERSION = 4  # 2: region_chunk_px in the metadata; 3: 768; 4: 640
 
 
 # Inputs --------------------------------------------------------------------------------------

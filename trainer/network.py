@@ -18,8 +18,9 @@ from torch import nn
 MULTIPLE = 16  # the exported model takes any H, W that are multiples of this
 # Fully convolutional, BatchNorm frozen at export: region inference may feed chunks this big
 # (plus the margin) and get the windows' probabilities with less context computed twice.
-# Bigger saves little more and costs memory (bench/export_throughput.py).
-REGION_CHUNK_PX = 768
+# Bigger is faster but costs memory: 768 px peaked at 1.3-1.5 GB with two cells at once, 640 at
+# 1.1 GB (bench/export_throughput.py).
+REGION_CHUNK_PX = 640
 FINE_WIDTH = 16  # channels of the full-resolution refinement
 
 

@@ -287,14 +287,10 @@ def child_export(config: dict) -> dict:
 
 def cell_extent(job) -> tuple[int, int]:
     """(height, width) px a cell infers: its core plus the object margin."""
-    import export.cell_task as cell_task
+    from export.cell_task import cell_region
 
-    if hasattr(cell_task, "cell_region"):
-        request = cell_task.cell_region(job)
-        return request.height, request.width
-    left, _, right, _ = job.cell.bounds
-    size = round((right - left) / job.pixel_size) + 2 * cell_task.OBJECT_MARGIN_PX
-    return size, size
+    request = cell_region(job)
+    return request.height, request.width
 
 
 def window_calls(jobs, spec) -> list[tuple[int, ...]]:
@@ -312,10 +308,7 @@ def window_calls(jobs, spec) -> list[tuple[int, ...]]:
 def chunk_batches(jobs, spec, provider: str) -> list[tuple[int, ...]]:
     """The input shape of every detector.run call the export's cells make, in their order
     (as infer_region splits, groups and batches a cell's chunks)."""
-    try:
-        from inference.region import chunk_edges
-    except ImportError:  # before it moved out of export/
-        from export.cell_task import chunk_edges
+    from inference.region import chunk_edges
 
     context = spec.overlap_px
     batch = 8 if provider == "CUDAExecutionProvider" else 1

@@ -234,10 +234,20 @@ def demo_onnx(demo_build) -> Path:
     return demo_build["path"]
 
 
-def write_scene_tif(path: Path, size: int, seed: int) -> tuple[Path, Path]:
-    """A synthetic scene (the demo's generator, another seed) and its truth GeoJSON."""
+def write_scene_tif(path: Path, size: int, seed: int, crowding: float = 1.0) -> tuple[Path, Path]:
+    """A synthetic scene (the demo's generator, another seed) and its truth GeoJSON;
+    `crowding` multiplies the demo's objects per km², so small areas hold many labels."""
     from scenes.synthetic import SceneSpec, write_scene
 
+    base = SceneSpec()
+    spec = SceneSpec(
+        width=size,
+        height=size,
+        seed=seed,
+        trees_per_km2=crowding * base.trees_per_km2,
+        buildings_per_km2=crowding * base.buildings_per_km2,
+        cars_per_km2=crowding * base.cars_per_km2,
+    )
     truth = path.with_suffix(".geojson")
-    write_scene(SceneSpec(width=size, height=size, seed=seed), path, truth)
+    write_scene(spec, path, truth)
     return path, truth

@@ -14,10 +14,9 @@ from fastapi.testclient import TestClient
 from shapely.geometry import box
 
 from scenes.annotations import annotations_from_truth, label_count
-from scenes.synthetic import SceneSpec, write_scene
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import BIN, upload
+from tests.conftest import BIN, upload, write_scene_tif
 
 TRAIN_STEPS = 25  # enough to exercise every stage; quality is the experiment framework's job
 
@@ -26,17 +25,7 @@ TRAIN_STEPS = 25  # enough to exercise every stage; quality is the experiment fr
 def scene(tmp_path_factory):
     """A 1024 px scene, four times as crowded as the demo's, so small areas hold many labels."""
     folder = tmp_path_factory.mktemp("train-scene")
-    base = SceneSpec()
-    spec = SceneSpec(
-        width=1024,
-        height=1024,
-        seed=31,
-        trees_per_km2=4 * base.trees_per_km2,
-        buildings_per_km2=4 * base.buildings_per_km2,
-        cars_per_km2=4 * base.cars_per_km2,
-    )
-    write_scene(spec, folder / "scene.tif", folder / "scene.geojson")
-    return folder / "scene.tif", folder / "scene.geojson"
+    return write_scene_tif(folder / "scene.tif", 1024, seed=31, crowding=4)
 
 
 def areas(image: dict) -> dict:

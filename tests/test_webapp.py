@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import shape
 
-from scenes.synthetic import SceneSpec, write_scene
-from tests.conftest import REPO, start_server, stop_server, upload
+from tests.conftest import REPO, start_server, stop_server, upload, write_scene_tif
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "webapp"
@@ -38,19 +37,10 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """A 1024 px scene, crowded so that small areas hold many objects (as in test_training)."""
-    folder = tmp_path_factory.mktemp("web-scene")
-    base = SceneSpec()
-    spec = SceneSpec(
-        width=1024,
-        height=1024,
-        seed=31,
-        trees_per_km2=4 * base.trees_per_km2,
-        buildings_per_km2=4 * base.buildings_per_km2,
-        cars_per_km2=4 * base.cars_per_km2,
+    tif, truth = write_scene_tif(
+        tmp_path_factory.mktemp("web-scene") / "scene.tif", 1024, seed=31, crowding=4
     )
-    write_scene(spec, folder / "scene.tif", folder / "scene.geojson")
-    truth = json.loads((folder / "scene.geojson").read_text())
-    return folder / "scene.tif", truth, spec
+    return tif, json.loads(truth.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +127,14 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     page.mouse.up()
 
 
+def drag_on_image(page, image, a: tuple[float, float], b: tuple[float, float]) -> None:
+    """Drag between two fractions of the image extent (see image_point)."""
+    drag(page, screen(page, *image_point(image, *a)), screen(page, *image_point(image, *b)))
+
+
 def draw_rectangle(page, image, a: tuple[float, float], b: tuple[float, float]) -> None:
     page.click("#toolbar [data-mode=rectangle]")
-    drag(page, screen(page, *image_point(image, *a)), screen(page, *image_point(image, *b)))
+    drag_on_image(page, image, a, b)
 
 
 def draw_box_lonlat(page, bounds: tuple[float, float, float, float]) -> None:
@@ -186,7 +181,7 @@ def changed_pixels(before: bytes, after: bytes) -> float:
 
 
 def test_full_workflow(server, browser, page, scene):
-    tif, truth, _ = scene
+    tif, truth = scene
     page.goto(server.url)
     page.wait_for_function("() => window.tiledetect && window.tiledetect.map.loaded()")
     shot(page, "01-empty")
@@ -474,20 +469,12 @@ def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, sc
     page.click("#toolbar [data-mode=select]")
     page.mouse.click(*screen(page, *image_point(image, 0.38, 0.33)))
     page.wait_for_function("() => window.tiledetect.draw.selected() !== null")
-    drag(
-        page,
-        screen(page, *image_point(image, 0.4, 0.4)),
-        screen(page, *image_point(image, 0.45, 0.45)),
-    )
+    drag_on_image(page, image, (0.4, 0.4), (0.45, 0.45))
     wait_saved(page)
     ring = triangle()
     assert len(ring) == 4 and any(near(p, image_point(image, 0.45, 0.45)) for p in ring)
     assert not any(near(p, image_point(image, 0.4, 0.4)) for p in ring)
-    drag(
-        page,
-        screen(page, *image_point(image, 0.35, 0.3)),
-        screen(page, *image_point(image, 0.35, 0.26)),
-    )
+    drag_on_image(page, image, (0.35, 0.3), (0.35, 0.26))
     wait_saved(page)
     ring = triangle()
     assert len(ring) == 5 and any(near(p, image_point(image, 0.35, 0.26)) for p in ring)

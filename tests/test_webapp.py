@@ -466,19 +466,37 @@ def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, sc
         west, south, east, north = image["bounds_wgs84"]
         return abs(a[0] - b[0]) < 0.01 * (east - west) and abs(a[1] - b[1]) < 0.01 * (north - south)
 
+    def handles_drawn(count: int) -> None:
+        """Until the map has drawn the selected polygon's vertex handles (a drag needs them)."""
+        page.wait_for_function(
+            "(n) => window.tiledetect.map.queryRenderedFeatures("
+            "{layers: ['draw-handle-vertex']}).length === n",
+            arg=count,
+        )
+
+    def reshape(start: tuple[float, float], end: tuple[float, float]) -> list[list[float]]:
+        """Drag a handle; once the edit is in the drawing's history, the ring the API saves."""
+        handles_drawn(3)
+        before, edits = triangle(), page.evaluate("() => window.tiledetect.draw.history.length")
+        drag_on_image(page, image, start, end)
+        page.wait_for_function("(n) => window.tiledetect.draw.history.length > n", arg=edits)
+        deadline = time.monotonic() + 30
+        while (ring := triangle()) == before:
+            assert time.monotonic() < deadline, "the reshaped polygon was never saved"
+            page.wait_for_timeout(100)
+        wait_saved(page)
+        return ring
+
     page.click("#toolbar [data-mode=select]")
     page.mouse.click(*screen(page, *image_point(image, 0.38, 0.33)))
     page.wait_for_function("() => window.tiledetect.draw.selected() !== null")
-    drag_on_image(page, image, (0.4, 0.4), (0.45, 0.45))
-    wait_saved(page)
-    ring = triangle()
+    ring = reshape((0.4, 0.4), (0.45, 0.45))
     assert len(ring) == 4 and any(near(p, image_point(image, 0.45, 0.45)) for p in ring)
     assert not any(near(p, image_point(image, 0.4, 0.4)) for p in ring)
-    drag_on_image(page, image, (0.35, 0.3), (0.35, 0.26))
-    wait_saved(page)
-    ring = triangle()
+    ring = reshape((0.35, 0.3), (0.35, 0.26))
     assert len(ring) == 5 and any(near(p, image_point(image, 0.35, 0.26)) for p in ring)
     shot(page, "08b-reshaped")
+    handles_drawn(4)
     page.keyboard.down("Shift")
     page.mouse.click(*screen(page, *image_point(image, 0.35, 0.26)))
     page.keyboard.up("Shift")

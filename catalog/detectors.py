@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
 from catalog.errors import DetectorNotFoundError
-from catalog.models import DetectorRecord, DetectorVersionRecord, new_id
+from catalog.models import DEFAULT_PROJECT, DetectorRecord, DetectorVersionRecord, new_id
+from catalog.projects import scoped, visible
 from inference.format import DetectorSpec
 
 
@@ -21,9 +22,15 @@ class DetectorCatalog:
         self.blobs = blobs
 
     def create(
-        self, name: str, classes: list[str], colors: list[str] | None = None
+        self,
+        name: str,
+        classes: list[str],
+        colors: list[str] | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> DetectorRecord:
-        record = DetectorRecord(id=new_id(), name=name, classes=classes, colors=colors)
+        record = DetectorRecord(
+            id=new_id(), name=name, classes=classes, colors=colors, project_id=project
+        )
         with self.db.transaction() as session:
             session.add(record)
         return record
@@ -93,16 +100,18 @@ class DetectorCatalog:
     def attachment_key(detector_id: str, version_id: str, name: str) -> str:
         return f"detectors/{detector_id}/{version_id}/{name}"
 
-    def get(self, detector_id: str) -> DetectorRecord:
+    def get(self, detector_id: str, project: str | None = None) -> DetectorRecord:
+        """A detector; its versions and annotations are its project's too."""
         with self.db.transaction() as session:
             record = session.get(DetectorRecord, detector_id)
-        if record is None:
+        if record is None or not visible(record.project_id, project):
             raise DetectorNotFoundError(f"no detector with id {detector_id!r}")
         return record
 
-    def list(self) -> list[DetectorRecord]:
+    def list(self, project: str | None = None) -> list[DetectorRecord]:
+        query = scoped(select(DetectorRecord), DetectorRecord.project_id, project)
         with self.db.transaction() as session:
-            return list(session.scalars(select(DetectorRecord).order_by(DetectorRecord.created_at)))
+            return list(session.scalars(query.order_by(DetectorRecord.created_at)))
 
     def versions(self, detector_id: str) -> list[DetectorVersionRecord]:
         query = (
@@ -113,8 +122,12 @@ class DetectorCatalog:
         with self.db.transaction() as session:
             return list(session.scalars(query))
 
-    def version(self, detector_id: str, number: int | None = None) -> DetectorVersionRecord:
+    def version(
+        self, detector_id: str, number: int | None = None, project: str | None = None
+    ) -> DetectorVersionRecord:
         """A given version number, or the latest."""
+        if project is not None:
+            self.get(detector_id, project)
         versions = self.versions(detector_id)
         if not versions:
             self.get(detector_id)
@@ -129,8 +142,9 @@ class DetectorCatalog:
     def onnx_path(self, version: DetectorVersionRecord) -> Path:
         return self.blobs.path(version.onnx_key)
 
-    def delete(self, detector_id: str) -> list[str]:
+    def delete(self, detector_id: str, project: str | None = None) -> list[str]:
         """Remove a detector, its versions and files; returns the removed version ids."""
+        self.get(detector_id, project)
         versions = [v.id for v in self.versions(detector_id)]
         with self.db.transaction() as session:
             record = session.get(DetectorRecord, detector_id)

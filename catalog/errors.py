@@ -29,3 +29,7 @@ class DetectorNotFoundError(NotFoundError):
 
 class ExportNotFoundError(NotFoundError):
     """No export with that id."""
+
+
+class AuthenticationError(TileDetectError):
+    """A request without a valid API key (missing, unknown or revoked)."""

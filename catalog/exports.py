@@ -10,6 +10,7 @@ from catalog.db import Database
 from catalog.errors import ExportNotFoundError
 from catalog.jobs import process_owner
 from catalog.models import ExportRecord, ExportState, utcnow
+from catalog.projects import scoped, visible
 
 
 def export_prefix(export_id: str) -> str:
@@ -27,15 +28,16 @@ class ExportStore:
             session.add(record)
         return record
 
-    def get(self, export_id: str) -> ExportRecord:
+    def get(self, export_id: str, project: str | None = None) -> ExportRecord:
         with self.db.transaction() as session:
             record = session.get(ExportRecord, export_id)
-        if record is None:
+        if record is None or not visible(record.project_id, project):
             raise ExportNotFoundError(f"no export with id {export_id!r}")
         return record
 
-    def list(self, limit: int = 100) -> list[ExportRecord]:
-        query = select(ExportRecord).order_by(ExportRecord.created_at.desc()).limit(limit)
+    def list(self, limit: int = 100, project: str | None = None) -> list[ExportRecord]:
+        query = scoped(select(ExportRecord), ExportRecord.project_id, project)
+        query = query.order_by(ExportRecord.created_at.desc()).limit(limit)
         with self.db.transaction() as session:
             return list(session.scalars(query))
 

@@ -10,7 +10,15 @@ from sqlalchemy import select
 from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
 from catalog.errors import ConflictError, ImageNotFoundError, ImageNotReadyError
-from catalog.models import ImageRecord, ImageStatus, JobRecord, JobStatus, new_id
+from catalog.models import (
+    DEFAULT_PROJECT,
+    ImageRecord,
+    ImageStatus,
+    JobRecord,
+    JobStatus,
+    new_id,
+)
+from catalog.projects import owner, scoped, visible
 from tiles.metadata import ImageMetadata
 
 # Tile requests resolve an image id on every call; a short TTL keeps that off the database
@@ -22,13 +30,19 @@ class ImageCatalog:
     def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
         self.db = db
         self.blobs = blobs
-        self._cog_paths: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=_RESOLVE_TTL_SECONDS)
+        # image id -> (COG path, project): the scope is checked on cached entries too.
+        self._cog_paths: TTLCache[str, tuple[str, str]] = TTLCache(
+            maxsize=4096, ttl=_RESOLVE_TTL_SECONDS
+        )
         self._lock = threading.Lock()
 
-    def create_processing(self, name: str, source_bytes: int | None) -> ImageRecord:
+    def create_processing(
+        self, name: str, source_bytes: int | None, project: str = DEFAULT_PROJECT
+    ) -> ImageRecord:
         image_id = new_id()
         record = ImageRecord(
             id=image_id,
+            project_id=project,
             name=name,
             status=ImageStatus.PROCESSING,
             cog_key=f"images/{image_id}/{image_id}.tif",
@@ -49,38 +63,42 @@ class ImageCatalog:
             record.status = ImageStatus.READY
             return record
 
-    def get(self, image_id: str) -> ImageRecord:
+    def get(self, image_id: str, project: str | None = None) -> ImageRecord:
         with self.db.transaction() as session:
             record = session.get(ImageRecord, image_id)
-        if record is None:
+        if record is None or not visible(record.project_id, project):
             raise ImageNotFoundError(f"no image with id {image_id!r}")
         return record
 
-    def list(self, status: str | None = None) -> list[ImageRecord]:
-        query = select(ImageRecord).order_by(ImageRecord.created_at)
+    def list(self, status: str | None = None, project: str | None = None) -> list[ImageRecord]:
+        query = scoped(select(ImageRecord), ImageRecord.project_id, project)
+        query = query.order_by(ImageRecord.created_at)
         if status:
             query = query.where(ImageRecord.status == status)
         with self.db.transaction() as session:
             return list(session.scalars(query))
 
-    def cog_path(self, image_id: str) -> str:
+    def cog_path(self, image_id: str, project: str | None = None) -> str:
         """The path GDAL opens for a ready image. The only way requests reach a raster."""
         with self._lock:
             cached = self._cog_paths.get(image_id)
         if cached:
-            return cached
-        record = self.get(image_id)
+            path, image_project = cached
+            if not visible(image_project, project):
+                raise ImageNotFoundError(f"no image with id {image_id!r}")
+            return path
+        record = self.get(image_id, project)
         if record.status != ImageStatus.READY or not record.cog_key:
             raise ImageNotReadyError(f"image {image_id} is still being ingested")
         path = self.blobs.gdal_path(record.cog_key)
         with self._lock:
-            self._cog_paths[image_id] = path
+            self._cog_paths[image_id] = (path, owner(record.project_id))
         return path
 
-    def delete(self, image_id: str) -> None:
+    def delete(self, image_id: str, project: str | None = None) -> None:
         with self.db.transaction() as session:
             record = session.get(ImageRecord, image_id)
-            if record is None:
+            if record is None or not visible(record.project_id, project):
                 raise ImageNotFoundError(f"no image with id {image_id!r}")
             active = session.scalar(
                 select(JobRecord.id).where(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore, process_owner
-from catalog.models import ImageRecord
+from catalog.models import DEFAULT_PROJECT, ImageRecord
 from tiles.cog import write_cog
 from tiles.metadata import describe_cog
 from tiles.source import SourceInfo, SourceLimits, inspect_source
@@ -44,7 +44,14 @@ class Ingestor:
         self.jobs = jobs
         self.limits = limits
 
-    def submit(self, source: str | Path, name: str, *, remove_source: bool = False) -> IngestTicket:
+    def submit(
+        self,
+        source: str | Path,
+        name: str,
+        *,
+        remove_source: bool = False,
+        project: str = DEFAULT_PROJECT,
+    ) -> IngestTicket:
         """Validate and create the records. Raises InvalidImageError, storing nothing."""
         source = Path(source)
         try:
@@ -53,8 +60,10 @@ class Ingestor:
             if remove_source:
                 source.unlink(missing_ok=True)
             raise
-        image = self.images.create_processing(name, source.stat().st_size)
-        job = self.jobs.create(INGEST_JOB, image_id=image.id, message=f"queued: {name}")
+        image = self.images.create_processing(name, source.stat().st_size, project)
+        job = self.jobs.create(
+            INGEST_JOB, image_id=image.id, message=f"queued: {name}", project=project
+        )
         return IngestTicket(image.id, job.id, source, info, remove_source)
 
     def run(

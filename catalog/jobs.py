@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from catalog.db import Database
 from catalog.errors import JobNotFoundError
-from catalog.models import JobRecord, JobStatus, utcnow
+from catalog.models import DEFAULT_PROJECT, JobRecord, JobStatus, utcnow
+from catalog.projects import scoped, visible
 
 
 def process_owner() -> str:
@@ -31,9 +32,11 @@ class JobStore:
         image_id: str | None = None,
         detector_id: str | None = None,
         message: str = "",
+        project: str = DEFAULT_PROJECT,
     ) -> JobRecord:
         record = JobRecord(
             kind=kind,
+            project_id=project,
             image_id=image_id,
             detector_id=detector_id,
             message=message,
@@ -43,15 +46,16 @@ class JobStore:
             session.add(record)
         return record
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, project: str | None = None) -> JobRecord:
         with self.db.transaction() as session:
             record = session.get(JobRecord, job_id)
-        if record is None:
+        if record is None or not visible(record.project_id, project):
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return record
 
-    def list(self, limit: int = 100) -> list[JobRecord]:
-        query = select(JobRecord).order_by(JobRecord.created_at.desc()).limit(limit)
+    def list(self, limit: int = 100, project: str | None = None) -> list[JobRecord]:
+        query = scoped(select(JobRecord), JobRecord.project_id, project)
+        query = query.order_by(JobRecord.created_at.desc()).limit(limit)
         with self.db.transaction() as session:
             return list(session.scalars(query))
 

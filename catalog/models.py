@@ -22,6 +22,42 @@ class Base(DeclarativeBase):
     pass
 
 
+# Rows without a project (catalogues made before projects existed) belong to this one; it is also
+# the one implicit project of a server with auth off.
+DEFAULT_PROJECT = "default"
+
+
+def project_column() -> Mapped[str | None]:
+    """Nullable so that `db.add_missing_columns` can add it to an existing table."""
+    return mapped_column(String(32), nullable=True, index=True)
+
+
+class ProjectRecord(Base):
+    """A workspace: images, detectors, exports and jobs belong to one; API keys open one."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKeyRecord(Base):
+    """An API key of a project. Only a hash of the secret is kept (see catalog/projects.py)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), default="")
+    prefix: Mapped[str] = mapped_column(String(32))  # the token's first characters, for lists
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class ImageStatus:
     PROCESSING = "processing"
     READY = "ready"
@@ -39,6 +75,7 @@ class ImageRecord(Base):
     __tablename__ = "images"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = project_column()
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PROCESSING, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -54,6 +91,7 @@ class JobRecord(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = project_column()
     kind: Mapped[str] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -75,6 +113,7 @@ class DetectorRecord(Base):
     __tablename__ = "detectors"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = project_column()
     name: Mapped[str] = mapped_column(String(255))
     classes: Mapped[list[str]] = mapped_column(JSON, default=list)
     # One "#rrggbb" per class, chosen at creation; trained versions carry them in their spec.
@@ -118,6 +157,7 @@ class ExportRecord(Base):
     __tablename__ = "exports"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = project_column()
     detector_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("detectors.id", ondelete="CASCADE"), index=True
     )

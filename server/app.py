@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from catalog.ingest import recover_interrupted
 from inference.session import available_providers
+from server.auth import Authenticator, request_project
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
-from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
+from server.middleware import (
+    CacheHeadersMiddleware,
+    DocumentTokenMiddleware,
+    TileScaleSuffixMiddleware,
+)
 from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
@@ -43,6 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if resumed:
             log.warning("resuming %d unfinished export(s): %s", len(resumed), resumed)
         app.state.runner = BackgroundRunner(settings.ingest_workers)
+        app.state.authenticator = Authenticator(
+            services.keys, settings.auth, settings.auth_cache_seconds
+        )
+        if settings.auth:
+            log.info("auth is on: API and tile requests need a project's API key")
+        else:
+            log.warning(
+                "auth is OFF: single-user mode, every request acts in the 'default' project; "
+                "keep the server on localhost (TILEDETECT_AUTH=true to require API keys)"
+            )
         log.info("tiledetect ready: data in %s", settings.data_dir.resolve())
         try:
             yield
@@ -58,15 +73,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
 
-    app.include_router(images.router)
-    app.include_router(images.jobs_router)
+    # Every router acts in the caller's project; /healthz, the docs and the web app's files
+    # stay public.
+    scoped = [Depends(request_project)]
+    app.include_router(images.router, dependencies=scoped)
+    app.include_router(images.jobs_router, dependencies=scoped)
     app.include_router(
-        imagery.imagery_factory().router, prefix=imagery.IMAGE_PREFIX, tags=["imagery tiles"]
+        imagery.imagery_factory().router,
+        prefix=imagery.IMAGE_PREFIX,
+        tags=["imagery tiles"],
+        dependencies=scoped,
     )
-    app.include_router(detections.router)
-    app.include_router(exports.router)
-    app.include_router(training.router)
-    app.include_router(wmts.router)
+    app.include_router(detections.router, dependencies=scoped)
+    app.include_router(exports.router, dependencies=scoped)
+    app.include_router(training.router, dependencies=scoped)
+    app.include_router(wmts.router, dependencies=scoped)
 
     @app.get("/healthz", tags=["service"], summary="200 once the server is ready")
     def healthz() -> dict:
@@ -90,6 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         match=_IMAGE_DATA,
         long_lived=_LONG_LIVED,
         max_age=settings.tile_cache_seconds,
+        shared=not settings.auth,
     )
+    if settings.auth:
+        app.add_middleware(DocumentTokenMiddleware)
     app.add_middleware(TileScaleSuffixMiddleware)
     return app

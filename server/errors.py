@@ -7,7 +7,7 @@ from morecantile.errors import InvalidZoomError, TileArgParsingError
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
-from catalog.errors import ConflictError, ImageNotReadyError, NotFoundError
+from catalog.errors import AuthenticationError, ConflictError, ImageNotReadyError, NotFoundError
 from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
@@ -41,6 +41,22 @@ STATUS_CODES: dict[type[Exception], int] = {
 
 def install_error_handlers(app: FastAPI) -> None:
     add_exception_handlers(app, STATUS_CODES)
+
+    @app.exception_handler(AuthenticationError)
+    async def _unauthenticated(_request, exc: AuthenticationError):
+        from fastapi.responses import JSONResponse
+
+        from server.auth import MissingTokenError
+
+        # RFC 6750: name the scheme, and say when a token was sent but is not good.
+        challenge = 'Bearer realm="tiledetect"'
+        if not isinstance(exc, MissingTokenError):
+            challenge += ', error="invalid_token"'
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            headers={"WWW-Authenticate": challenge},
+        )
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request, exc: UploadError):

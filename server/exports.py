@@ -20,6 +20,7 @@ from catalog.blobstore import LocalBlobStore
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
+from catalog.projects import owner
 from export.cluster import connect
 from export.run import (
     ExportInputError,
@@ -70,18 +71,22 @@ class ExportService:
         aoi: dict | None = None,
         crs: str | None = None,
         version: int | None = None,
+        project: str | None = None,
     ) -> ExportRecord:
-        """Validate everything first; nothing is recorded or started for a bad request."""
+        """Validate everything first; nothing is recorded or started for a bad request.
+        With `project`, the detector and the image must both be that project's."""
         output = format_named(fmt)
         if crs is not None:
             try:
                 CRS.from_user_input(crs)
             except CRSError as exc:
                 raise ExportInputError(f"unknown CRS {crs!r}: {exc}") from exc
-        layer = self.layers.layer(detector_id, image_id, version)  # 404 / 409 / bands don't fit
+        # 404 / 409 / bands that don't fit
+        layer = self.layers.layer(detector_id, image_id, version, project)
         image = self.images.get(image_id)
         aoi_in_image_crs(aoi, image.meta)
         record = self.store.create(
+            project_id=owner(self.layers.detectors.get(detector_id).project_id),
             detector_id=detector_id,
             version_id=layer.version_id,
             version_number=self.layers.detectors.version(detector_id, version).number,
@@ -93,8 +98,8 @@ class ExportService:
         self._launch(record.id)
         return self.store.get(record.id)
 
-    def cancel(self, export_id: str) -> ExportRecord:
-        record = self.store.get(export_id)
+    def cancel(self, export_id: str, project: str | None = None) -> ExportRecord:
+        record = self.store.get(export_id, project)
         if record.state in ExportState.UNFINISHED:
             with self._lock:
                 running = export_id in self._threads
@@ -103,9 +108,9 @@ class ExportService:
                 self.store.finish(export_id, ExportState.CANCELLED)
         return self.store.get(export_id)
 
-    def resume(self, export_id: str) -> ExportRecord:
+    def resume(self, export_id: str, project: str | None = None) -> ExportRecord:
         """Continue an export that did not finish cleanly; cells already done are skipped."""
-        record = self.store.get(export_id)
+        record = self.store.get(export_id, project)
         if record.state == ExportState.DONE:
             return record
         with self._lock:

@@ -36,18 +36,47 @@ class TileScaleSuffixMiddleware:
         await self.app(scope, receive, send)
 
 
+# The documents whose URLs a client follows on its own (TileJSON, WMTS capabilities).
+_DOCUMENTS = re.compile(r"(/tilejson\.json|/WMTSCapabilities\.xml)$")
+
+
+class DocumentTokenMiddleware:
+    """Moves a Bearer token of a TileJSON or WMTS request into its query (`?token=`).
+
+    Document builders (titiler's and ours) copy the request's query into every URL they write,
+    so the tile URLs a GIS or map client reads then work without the header.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _DOCUMENTS.search(scope["path"]):
+            header = Headers(scope=scope).get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+            if scheme.lower() == "bearer" and token.strip() and all(k != "token" for k, _ in query):
+                query.append(("token", token.strip()))
+                scope = dict(scope, query_string=urlencode(query).encode())
+        await self.app(scope, receive, send)
+
+
 class CacheHeadersMiddleware:
     """ETag and Cache-Control on image data, and 304 for a matching If-None-Match.
 
     `long_lived` paths (tiles, previews) may be cached for `max_age` seconds: an image id's
-    pixels never change. Other matched paths (TileJSON, WMTS, info) must revalidate.
+    pixels never change. Other matched paths (TileJSON, WMTS, info) must revalidate. With auth on
+    (`shared=False`) tiles are `private`: a shared cache must not hand them to other callers.
     """
 
-    def __init__(self, app: ASGIApp, match: str, long_lived: str, max_age: int) -> None:
+    def __init__(
+        self, app: ASGIApp, match: str, long_lived: str, max_age: int, shared: bool = True
+    ) -> None:
         self.app = app
         self.match = re.compile(match)
         self.long_lived = re.compile(long_lived)
         self.max_age = max_age
+        self.visibility = "public" if shared else "private"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -86,7 +115,7 @@ class CacheHeadersMiddleware:
         headers = MutableHeaders(raw=list(start["headers"]))
         headers["etag"] = etag
         if self.long_lived.search(scope["path"]):
-            headers["cache-control"] = f"public, max-age={self.max_age}"
+            headers["cache-control"] = f"{self.visibility}, max-age={self.max_age}"
         else:
             headers["cache-control"] = "no-cache"
         if etag in _if_none_match(scope):

@@ -12,6 +12,7 @@ from catalog.exports import ExportStore
 from catalog.images import ImageCatalog
 from catalog.ingest import Ingestor
 from catalog.jobs import JobStore
+from catalog.projects import ApiKeyStore, ProjectStore
 from inference.cache import ProbabilityCache, RenderedTileCache
 from inference.engine import DetectionEngine
 from inference.session import available_providers
@@ -35,6 +36,8 @@ class Services:
     rendered_tiles: RenderedTileCache
     exports: ExportService
     training: TrainingService
+    projects: ProjectStore
+    keys: ApiKeyStore
 
     def close(self) -> None:
         self.exports.close()
@@ -52,6 +55,8 @@ def default_batch_size(settings: Settings) -> int:
 def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
+    projects = ProjectStore(db)
+    projects.ensure_default()
     blobs = LocalBlobStore(settings.blob_dir)
     images = ImageCatalog(db, blobs)
     jobs = JobStore(db)
@@ -80,4 +85,6 @@ def build_services(settings: Settings) -> Services:
         rendered_tiles=RenderedTileCache(settings.detection_cache_bytes // 8),
         exports=exports,
         training=training,
+        projects=projects,
+        keys=ApiKeyStore(db),
     )

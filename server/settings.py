@@ -26,6 +26,18 @@ class Settings(BaseSettings):
         86400, description="Cache-Control max-age for tiles; an image id's pixels never change."
     )
 
+    auth: bool = Field(
+        False,
+        description="Require an API key (Bearer or ?token=) on every API and tile request; "
+        "off: one implicit 'default' project, for a single user on localhost.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Let `serve` bind a non-loopback address with auth off."
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a checked API key is trusted before it is checked again."
+    )
+
     detection_cache_bytes: int = Field(
         512 * 1024**2, description="Memory for cached detection probabilities, in bytes."
     )

@@ -15,7 +15,8 @@ from catalog.blobstore import LocalBlobStore
 from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore
-from catalog.models import DetectorRecord, JobRecord
+from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord
+from catalog.projects import owner
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
@@ -55,7 +56,11 @@ class TrainingService:
         self._threads: dict[str, threading.Thread] = {}
 
     def create_detector(
-        self, name: str, classes: list[str], colors: list[str] | None = None
+        self,
+        name: str,
+        classes: list[str],
+        colors: list[str] | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> DetectorRecord:
         cleaned = [c.strip() for c in classes]
         if not cleaned or len(cleaned) > MAX_CLASSES:
@@ -73,13 +78,15 @@ class TrainingService:
             if wrong:
                 raise AnnotationError(f"colours are '#rrggbb' strings; not {wrong[0]!r}")
             colors = [c.lower() for c in colors]
-        return self.detectors.create(name.strip() or "detector", cleaned, colors)
+        return self.detectors.create(name.strip() or "detector", cleaned, colors, project)
 
     # Annotations -------------------------------------------------------------------------------
 
-    def put_annotations(self, detector_id: str, collection: Any) -> dict:
+    def put_annotations(
+        self, detector_id: str, collection: Any, project: str | None = None
+    ) -> dict:
         """Validate every feature against its image, then replace the stored set."""
-        detector = self.detectors.get(detector_id)
+        detector = self.detectors.get(detector_id, project)
         parsed = self.parse(detector, collection, require_labels=False)
         counts: dict[str, int] = {}
         for labelled in parsed.values():
@@ -88,8 +95,8 @@ class TrainingService:
         record = self.annotations.put(detector_id, collection, counts)
         return {"revision": record.revision, "counts": counts, "images": sorted(parsed)}
 
-    def get_annotations(self, detector_id: str) -> dict:
-        self.detectors.get(detector_id)
+    def get_annotations(self, detector_id: str, project: str | None = None) -> dict:
+        self.detectors.get(detector_id, project)
         record = self.annotations.get(detector_id)
         if record is None:
             return {"type": "FeatureCollection", "features": [], "revision": 0}
@@ -98,8 +105,10 @@ class TrainingService:
     def parse(
         self, detector: DetectorRecord, collection: Any, *, require_labels: bool
     ) -> dict[str, Annotations]:
-        """Features grouped by `properties.image_id`, each group validated against its image;
+        """Features grouped by `properties.image_id`, each group validated against its image
+        (one of the detector's project: another project's image id is unknown here);
         errors name the feature's index in the whole collection."""
+        project = owner(detector.project_id)
         if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
             raise AnnotationError("annotations must be a GeoJSON FeatureCollection")
         features = collection.get("features")
@@ -117,7 +126,7 @@ class TrainingService:
         parsed = {}
         for image_id, indexes in groups.items():
             try:
-                image = self.images.get(image_id)
+                image = self.images.get(image_id, project)
             except LookupError as exc:
                 raise AnnotationError(
                     f"feature {indexes[0]}: no image with id {image_id!r}", indexes[0]
@@ -146,10 +155,14 @@ class TrainingService:
     # Training ----------------------------------------------------------------------------------
 
     def start(
-        self, detector_id: str, seconds: float | None = None, steps: int | None = None
+        self,
+        detector_id: str,
+        seconds: float | None = None,
+        steps: int | None = None,
+        project: str | None = None,
     ) -> JobRecord:
         """Validate the stored annotations, then queue the training; nothing starts otherwise."""
-        detector = self.detectors.get(detector_id)
+        detector = self.detectors.get(detector_id, project)
         stored = self.annotations.get(detector_id)
         collection = stored.collection if stored else {"type": "FeatureCollection", "features": []}
         parsed = self.parse(detector, collection, require_labels=True)
@@ -168,7 +181,12 @@ class TrainingService:
             seconds=seconds,
             steps=steps,
         )
-        job = self.jobs.create(TRAIN_JOB, detector_id=detector_id, message="queued")
+        job = self.jobs.create(
+            TRAIN_JOB,
+            detector_id=detector_id,
+            message="queued",
+            project=owner(detector.project_id),
+        )
         work = self.blobs.path(f"training/{job.id}")
         task = TrainingTask(request, str(work))
         thread = threading.Thread(

@@ -26,6 +26,7 @@ from inference.display import (
     tile_objects,
 )
 from inference.session import load_detector
+from server.auth import Project, with_token
 from server.dependencies import get_services
 from server.routers.imagery import zoom_in_grid
 from server.schemas import DetectorOut
@@ -50,8 +51,10 @@ Version = Annotated[
 
 
 @router.get("", response_model=list[DetectorOut], summary="List detectors")
-def list_detectors(services: Annotated[Services, Depends(get_services)]) -> list[DetectorOut]:
-    return [_describe(services, d.id) for d in services.detectors.list()]
+def list_detectors(
+    services: Annotated[Services, Depends(get_services)], project: Project
+) -> list[DetectorOut]:
+    return [_describe(services, d.id) for d in services.detectors.list(project)]
 
 
 @router.post(
@@ -63,6 +66,7 @@ def list_detectors(services: Annotated[Services, Depends(get_services)]) -> list
 async def import_detector(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     name: Annotated[str | None, Query(max_length=255)] = None,
 ) -> DetectorOut:
     settings = services.settings
@@ -71,7 +75,7 @@ async def import_detector(
         detector = await run_in_threadpool(load_detector, upload.path)
         spec = detector.spec
         record = services.detectors.create(
-            name or spec.name or upload.filename, list(spec.class_names)
+            name or spec.name or upload.filename, list(spec.class_names), project=project
         )
         await run_in_threadpool(
             services.detectors.add_version, record.id, upload.path, spec, source="import"
@@ -83,24 +87,24 @@ async def import_detector(
 
 @router.get("/{detector_id}", response_model=DetectorOut, summary="Describe a detector")
 def get_detector(
-    detector_id: str, services: Annotated[Services, Depends(get_services)]
+    detector_id: str, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> DetectorOut:
-    return _describe(services, detector_id)
+    return _describe(services, detector_id, project)
 
 
 @router.delete("/{detector_id}", status_code=204, summary="Delete a detector and its versions")
 def delete_detector(
-    detector_id: str, services: Annotated[Services, Depends(get_services)]
+    detector_id: str, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> Response:
-    removed = services.detectors.delete(detector_id)
+    removed = services.detectors.delete(detector_id, project)
     services.layers.forget(removed)
     for version_id in removed:
         services.engine.cache.forget_version(version_id)
     return Response(status_code=204)
 
 
-def _describe(services: Services, detector_id: str) -> DetectorOut:
-    record = services.detectors.get(detector_id)
+def _describe(services: Services, detector_id: str, project: str | None = None) -> DetectorOut:
+    record = services.detectors.get(detector_id, project)
     versions = services.detectors.versions(detector_id)
     provider = services.layers.detector(versions[-1]).provider if versions else None
     return DetectorOut.of(record, versions, provider)
@@ -123,6 +127,7 @@ async def detection_tile(
     y: Annotated[int, Path(ge=0)],
     format: TileFormat,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     version: Version = None,
     tilesize: Annotated[int, Query(ge=64, le=1024)] = 256,
     threshold: Annotated[
@@ -130,7 +135,7 @@ async def detection_tile(
         Query(gt=0, lt=1, description="Score threshold; default the detector's own."),
     ] = None,
 ) -> Response:
-    layer = await run_in_threadpool(services.layers.layer, detector_id, image_id, version)
+    layer = await run_in_threadpool(services.layers.layer, detector_id, image_id, version, project)
     if threshold is not None:
         layer = layer.with_threshold(threshold)
     tms = morecantile.tms.get(tileMatrixSetId)
@@ -201,10 +206,11 @@ def detection_tilejson(
     image_id: str,
     tileMatrixSetId: TmsId,  # noqa: N803
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     version: Version = None,
     format: Annotated[Literal["png", "mvt"], Query()] = "png",
 ) -> dict:
-    layer = services.layers.layer(detector_id, image_id, version)
+    layer = services.layers.layer(detector_id, image_id, version, project)
     image = services.images.get(image_id)
     tms = morecantile.tms.get(tileMatrixSetId)
     west, south, east, north = image.meta["bounds_wgs84"]
@@ -214,10 +220,11 @@ def detection_tilejson(
         low = 0  # a finished export draws the zoomed-out tiles
     query = f"?version={version}" if version else ""
     root = f"{request.base_url}api/detectors/{detector_id}/images/{image_id}"
+    tiles = with_token(f"{root}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.{format}{query}", request)
     tilejson = {
         "tilejson": "3.0.0",
         "name": f"{services.detectors.get(detector_id).name} on {image.name}",
-        "tiles": [f"{root}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.{format}{query}"],
+        "tiles": [tiles],
         "minzoom": min(low, high),
         "maxzoom": high,
         "bounds": [west, south, east, north],
@@ -247,17 +254,27 @@ def detection_wmts(
     detector_id: str,
     image_id: str,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
 ) -> Response:
-    layers = detection_wmts_layers(services, str(request.base_url), detector_id, image_id)
+    layers = detection_wmts_layers(
+        services, str(request.base_url), detector_id, image_id, project, request
+    )
     url = f"{request.base_url}api/detectors/{detector_id}/images/{image_id}/WMTSCapabilities.xml"
-    return Response(render_capabilities(layers, url), media_type="application/xml")
+    xml = render_capabilities(layers, with_token(url, request))
+    return Response(xml, media_type="application/xml")
 
 
 def detection_wmts_layers(
-    services: Services, base: str, detector_id: str, image_id: str
+    services: Services,
+    base: str,
+    detector_id: str,
+    image_id: str,
+    project: str,
+    request: Request,
 ) -> list[WmtsLayer]:
-    """The detection layer of (detector, image) on WebMercatorQuad, for WMTS documents."""
-    layer = services.layers.layer(detector_id, image_id)
+    """The detection layer of (detector, image) on WebMercatorQuad, for WMTS documents; its URL
+    carries the request's token, if any."""
+    layer = services.layers.layer(detector_id, image_id, project=project)
     image = services.images.get(image_id)
     detector = services.detectors.get(detector_id)
     tms = morecantile.tms.get("WebMercatorQuad")
@@ -277,6 +294,6 @@ def detection_wmts_layers(
             bounds=(west, south, east, north),
             tms_id="WebMercatorQuad",
             zooms=(low, high),
-            url_template=template,
+            url_template=with_token(template, request),
         )
     ]

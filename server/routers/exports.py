@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from catalog.errors import ConflictError
 from export.writers import FORMATS
+from server.auth import Project
 from server.dependencies import get_services
 from server.exports import elapsed_seconds
 from server.schemas import ExportOut, ExportRequest
@@ -35,6 +36,7 @@ async def start_export(
     image_id: str,
     request: ExportRequest,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
 ) -> ExportOut:
     record = await run_in_threadpool(
         services.exports.start,
@@ -44,23 +46,30 @@ async def start_export(
         request.aoi,
         request.crs,
         request.version,
+        project,
     )
     return _out(record)
 
 
 @router.get("/api/exports", response_model=list[ExportOut], summary="List exports, newest first")
-def list_exports(services: Annotated[Services, Depends(get_services)]) -> list[ExportOut]:
-    return [_out(r) for r in services.exports.store.list()]
+def list_exports(
+    services: Annotated[Services, Depends(get_services)], project: Project
+) -> list[ExportOut]:
+    return [_out(r) for r in services.exports.store.list(project=project)]
 
 
 @router.get("/api/exports/{export_id}", response_model=ExportOut, summary="Progress of an export")
-def get_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
-    return _out(services.exports.store.get(export_id))
+def get_export(
+    export_id: ExportId, services: Annotated[Services, Depends(get_services)], project: Project
+):
+    return _out(services.exports.store.get(export_id, project))
 
 
 @router.post("/api/exports/{export_id}/cancel", response_model=ExportOut, summary="Cancel")
-def cancel_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
-    return _out(services.exports.cancel(export_id))
+def cancel_export(
+    export_id: ExportId, services: Annotated[Services, Depends(get_services)], project: Project
+):
+    return _out(services.exports.cancel(export_id, project))
 
 
 @router.post(
@@ -68,13 +77,17 @@ def cancel_export(export_id: ExportId, services: Annotated[Services, Depends(get
     response_model=ExportOut,
     summary="Continue an unfinished, failed, partial or cancelled export (done cells are kept)",
 )
-def resume_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
-    return _out(services.exports.resume(export_id))
+def resume_export(
+    export_id: ExportId, services: Annotated[Services, Depends(get_services)], project: Project
+):
+    return _out(services.exports.resume(export_id, project))
 
 
 @router.get("/api/exports/{export_id}/download", summary="The finished export's file")
-def download_export(export_id: ExportId, services: Annotated[Services, Depends(get_services)]):
-    record = services.exports.store.get(export_id)
+def download_export(
+    export_id: ExportId, services: Annotated[Services, Depends(get_services)], project: Project
+):
+    record = services.exports.store.get(export_id, project)
     path = services.exports.result_path(record)
     if record.state not in ("done", "partial") or path is None or not path.is_file():
         raise ConflictError(f"export {export_id} is {record.state}; its file is not ready")

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from server.auth import Project
 from server.dependencies import get_services
 from server.schemas import ImageOut, IngestAccepted, JobOut
 from server.services import Services
@@ -40,12 +41,15 @@ _UPLOAD_BODY = {
 async def upload_image(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     name: Annotated[str | None, Query(max_length=255, description="Display name")] = None,
 ) -> IngestAccepted:
     settings = services.settings
     upload = await receive_file(request, settings.upload_dir, "file", settings.max_upload_bytes)
     ticket = await run_in_threadpool(
-        services.ingestor.submit, upload.path, name or upload.filename, remove_source=True
+        lambda: services.ingestor.submit(
+            upload.path, name or upload.filename, remove_source=True, project=project
+        )
     )
     request.app.state.runner.submit(services.ingestor.run, ticket)
     image = services.images.get(ticket.image_id)
@@ -57,22 +61,28 @@ async def upload_image(
 def list_images(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     status: Annotated[str | None, Query(pattern="^(processing|ready)$")] = None,
 ) -> list[ImageOut]:
     base = str(request.base_url)
-    return [ImageOut.of(image, base) for image in services.images.list(status)]
+    return [ImageOut.of(image, base) for image in services.images.list(status, project)]
 
 
 @router.get("/{image_id}", response_model=ImageOut, summary="Describe one image")
 def get_image(
-    image_id: str, request: Request, services: Annotated[Services, Depends(get_services)]
+    image_id: str,
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
 ) -> ImageOut:
-    return ImageOut.of(services.images.get(image_id), str(request.base_url))
+    return ImageOut.of(services.images.get(image_id, project), str(request.base_url))
 
 
 @router.delete("/{image_id}", status_code=204, summary="Delete an image and its COG")
-def delete_image(image_id: str, services: Annotated[Services, Depends(get_services)]) -> Response:
-    services.images.delete(image_id)
+def delete_image(
+    image_id: str, services: Annotated[Services, Depends(get_services)], project: Project
+) -> Response:
+    services.images.delete(image_id, project)
     return Response(status_code=204)
 
 
@@ -80,10 +90,14 @@ jobs_router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 @jobs_router.get("", response_model=list[JobOut], summary="Recent jobs, newest first")
-def list_jobs(services: Annotated[Services, Depends(get_services)]) -> list[JobOut]:
-    return [JobOut.of(job) for job in services.jobs.list()]
+def list_jobs(
+    services: Annotated[Services, Depends(get_services)], project: Project
+) -> list[JobOut]:
+    return [JobOut.of(job) for job in services.jobs.list(project=project)]
 
 
 @jobs_router.get("/{job_id}", response_model=JobOut, summary="A job's status and progress")
-def get_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> JobOut:
-    return JobOut.of(services.jobs.get(job_id))
+def get_job(
+    job_id: str, services: Annotated[Services, Depends(get_services)], project: Project
+) -> JobOut:
+    return JobOut.of(services.jobs.get(job_id, project))

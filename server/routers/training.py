@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from catalog.errors import DetectorNotFoundError
+from server.auth import Project
 from server.dependencies import get_services
 from server.routers.detections import _describe
 from server.schemas import DetectorCreate, DetectorOut, DetectorVersionOut, JobOut, TrainRequest
@@ -21,17 +22,17 @@ ATTACHMENTS = {"report.json": "application/json", "predictions.geojson": "applic
 
 @router.post("", status_code=201, response_model=DetectorOut, summary="Create a detector")
 def create_detector(
-    body: DetectorCreate, services: Annotated[Services, Depends(get_services)]
+    body: DetectorCreate, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> DetectorOut:
-    record = services.training.create_detector(body.name, body.classes, body.colors)
+    record = services.training.create_detector(body.name, body.classes, body.colors, project)
     return _describe(services, record.id)
 
 
 @router.get("/{detector_id}/annotations", summary="The detector's annotations (GeoJSON)")
 def get_annotations(
-    detector_id: str, services: Annotated[Services, Depends(get_services)]
+    detector_id: str, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> dict[str, Any]:
-    return services.training.get_annotations(detector_id)
+    return services.training.get_annotations(detector_id, project)
 
 
 @router.put(
@@ -41,9 +42,12 @@ def get_annotations(
 async def put_annotations(
     detector_id: str,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     collection: Annotated[Any, Body(description="A GeoJSON FeatureCollection.")],
 ) -> dict[str, Any]:
-    return await run_in_threadpool(services.training.put_annotations, detector_id, collection)
+    return await run_in_threadpool(
+        services.training.put_annotations, detector_id, collection, project
+    )
 
 
 @router.post(
@@ -55,10 +59,13 @@ async def put_annotations(
 async def train(
     detector_id: str,
     services: Annotated[Services, Depends(get_services)],
+    project: Project,
     body: TrainRequest | None = None,
 ) -> JobOut:
     body = body or TrainRequest()
-    job = await run_in_threadpool(services.training.start, detector_id, body.seconds, body.steps)
+    job = await run_in_threadpool(
+        services.training.start, detector_id, body.seconds, body.steps, project
+    )
     return JobOut.of(job)
 
 
@@ -68,9 +75,9 @@ async def train(
     summary="Versions with their accuracy metrics",
 )
 def versions(
-    detector_id: str, services: Annotated[Services, Depends(get_services)]
+    detector_id: str, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> list[DetectorVersionOut]:
-    services.detectors.get(detector_id)
+    services.detectors.get(detector_id, project)
     return [
         DetectorVersionOut.model_validate(v, from_attributes=True)
         for v in services.detectors.versions(detector_id)
@@ -79,9 +86,12 @@ def versions(
 
 @router.get("/{detector_id}/versions/{number}/model.onnx", summary="A version's ONNX file")
 def version_model(
-    detector_id: str, number: int, services: Annotated[Services, Depends(get_services)]
+    detector_id: str,
+    number: int,
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
 ) -> FileResponse:
-    version = services.detectors.version(detector_id, number)
+    version = services.detectors.version(detector_id, number, project)
     return FileResponse(
         services.detectors.onnx_path(version),
         media_type="application/octet-stream",
@@ -94,11 +104,15 @@ def version_model(
     summary="A trained version's report.json or predictions.geojson (testing/accuracy areas)",
 )
 def version_attachment(
-    detector_id: str, number: int, name: str, services: Annotated[Services, Depends(get_services)]
+    detector_id: str,
+    number: int,
+    name: str,
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
 ) -> FileResponse:
     if name not in ATTACHMENTS:
         raise DetectorNotFoundError(f"versions have no file {name!r}")
-    version = services.detectors.version(detector_id, number)
+    version = services.detectors.version(detector_id, number, project)
     key = services.detectors.attachment_key(detector_id, version.id, name)
     path = services.detectors.blobs.path(key)
     if not path.is_file():

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from catalog.errors import NotFoundError
 from catalog.models import ImageStatus
 from inference.errors import IncompatibleImageError, InvalidDetectorError
+from server.auth import Project, with_token
 from server.dependencies import get_services
 from server.routers.detections import detection_wmts_layers
 from server.services import Services
@@ -27,24 +28,30 @@ router = APIRouter(tags=["wmts"])
     summary="WMTS capabilities listing every ready image as a layer",
 )
 async def service_capabilities(
-    request: Request, services: Annotated[Services, Depends(get_services)]
+    request: Request, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> Response:
     base = str(request.base_url)
-    images = await run_in_threadpool(services.images.list, ImageStatus.READY)
-    layers = [layer for image in images if image.meta for layer in _image_layers(image, base)]
-    layers += await run_in_threadpool(_detection_layers, services, images, base)
-    url = f"{base}wmts/WMTSCapabilities.xml"
+    images = await run_in_threadpool(services.images.list, ImageStatus.READY, project)
+    layers = [
+        layer for image in images if image.meta for layer in _image_layers(image, base, request)
+    ]
+    layers += await run_in_threadpool(_detection_layers, services, images, base, project, request)
+    url = with_token(f"{base}wmts/WMTSCapabilities.xml", request)
     xml = await run_in_threadpool(render_capabilities, layers, url)
     return Response(xml, media_type="application/xml")
 
 
-def _detection_layers(services: Services, images: list, base: str) -> list[WmtsLayer]:
-    """Every detector's latest version on every ready image it can run on."""
+def _detection_layers(
+    services: Services, images: list, base: str, project: str, request: Request
+) -> list[WmtsLayer]:
+    """Every detector's latest version on every ready image it can run on (the project's)."""
     layers: list[WmtsLayer] = []
-    for detector in services.detectors.list():
+    for detector in services.detectors.list(project):
         for image in images:
             try:
-                layers += detection_wmts_layers(services, base, detector.id, image.id)
+                layers += detection_wmts_layers(
+                    services, base, detector.id, image.id, project, request
+                )
             except (NotFoundError, IncompatibleImageError, InvalidDetectorError):
                 continue  # no version yet, or bands that do not fit: not a layer
     return layers
@@ -59,7 +66,7 @@ def layer_identifier(image_id: str, tms_id: str) -> str:
     return f"image-{image_id}{suffix}"
 
 
-def _image_layers(image, base: str) -> list[WmtsLayer]:
+def _image_layers(image, base: str, request: Request) -> list[WmtsLayer]:
     meta = image.meta
     params = "&".join(f"{k}={v}" for k, v in default_tile_params(meta))
     query = f"?{params}" if params else ""
@@ -75,9 +82,10 @@ def _image_layers(image, base: str) -> list[WmtsLayer]:
             bounds=tuple(meta["bounds_wgs84"]),
             tms_id=tms_id,
             zooms=tuple(zooms),
-            url_template=(
+            url_template=with_token(
                 f"{base}api/images/{image.id}/tiles/{tms_id}/"
-                f"{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png{query}"
+                f"{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png{query}",
+                request,
             ),
         )
         for tms_id, zooms in meta["zooms"].items()

@@ -1,4 +1,4 @@
-"""The `tiledetect` command line: serve, ingest, demo, images.
+"""The `tiledetect` command line: serve, ingest, demo, images, detectors, projects, keys.
 
 Commands share the server's settings (TILEDETECT_* environment variables or --data-dir), so
 `tiledetect ingest` writes into the same catalogue a running server reads.
@@ -6,6 +6,7 @@ Commands share the server's settings (TILEDETECT_* environment variables or --da
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from catalog.errors import NotFoundError
+from catalog.models import DEFAULT_PROJECT
+from catalog.projects import owner
 from scenes.synthetic import SceneSpec
 from server.services import Services, build_services
 from server.settings import Settings
@@ -38,8 +41,43 @@ DataDir = Annotated[
 ]
 
 
+ProjectOption = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        help="Project (name or id) the new records belong to (default: the default project).",
+        show_default=False,
+    ),
+]
+ProjectFilter = Annotated[
+    str | None,
+    typer.Option("--project", help="Only this project's (name or id).", show_default=False),
+]
+
+
 def _settings(data_dir: Path | None) -> Settings:
     return Settings(data_dir=data_dir) if data_dir else Settings()
+
+
+def _project_id(services: Services, project: str | None) -> str | None:
+    """The id of --project (a name or an id), or None when it was not given."""
+    if project is None:
+        return None
+    try:
+        return services.projects.resolve(project).id
+    except NotFoundError as exc:
+        services.close()
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything, so it is not trusted
 
 
 def _progress_bar() -> Progress:
@@ -60,6 +98,22 @@ def serve(
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require API keys (default: $TILEDETECT_AUTH, off).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Listen on a non-loopback address with auth off (something else must guard "
+            "it). Also $TILEDETECT_ALLOW_UNAUTHENTICATED=true.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
@@ -69,8 +123,24 @@ def serve(
 
     if data_dir:
         os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
+    if auth is not None:
+        os.environ["TILEDETECT_AUTH"] = "true" if auth else "false"
+    settings = _settings(None)
+    if not settings.auth and not is_loopback(host):
+        if not (allow_unauthenticated or settings.allow_unauthenticated):
+            console.print(
+                f"[red]tiledetect: refusing to listen on {host} with auth off: anyone who can "
+                "reach that address could read, change and delete every image and detector. "
+                "Turn auth on (--auth or TILEDETECT_AUTH=true; create keys with `tiledetect "
+                "keys create --project NAME`), listen on 127.0.0.1, or, when something in "
+                "front of the server controls access, allow it explicitly with "
+                "--allow-unauthenticated or TILEDETECT_ALLOW_UNAUTHENTICATED=true."
+            )
+            raise typer.Exit(code=2)
+        console.print(f"[yellow]tiledetect: auth is off on {host}, as explicitly allowed")
+    mode = "auth on: API keys required" if settings.auth else "auth off: single user"
     console.print(
-        f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})"
+        f"tiledetect: serving on http://{host}:{port}  (data: {settings.data_dir}; {mode})"
     )
     uvicorn.run(
         "server.app:create_app",
@@ -87,17 +157,19 @@ def serve(
 def ingest(
     files: Annotated[list[Path], typer.Argument(help="GeoTIFF file(s) to add.", exists=True)],
     name: Annotated[str | None, typer.Option(help="Display name (default: the file name).")] = None,
+    project: ProjectOption = None,
     data_dir: DataDir = None,
 ) -> None:
     """Validate GeoTIFFs, convert them to Cloud-Optimized GeoTIFFs and add them to the catalogue."""
     if name and len(files) > 1:
         raise typer.BadParameter("--name applies to a single file")
     services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project) or DEFAULT_PROJECT
     failed = 0
     try:
         for path in files:
             try:
-                ticket = services.ingestor.submit(path, name or path.name)
+                ticket = services.ingestor.submit(path, name or path.name, project=project_id)
             except TileDetectError as exc:
                 console.print(f"[red]{path}: {exc}")
                 failed += 1
@@ -176,16 +248,18 @@ app.add_typer(detectors_app, name="detectors")
 def detectors_add(
     onnx_file: Annotated[Path, typer.Argument(help="ONNX detector file.", exists=True)],
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    project: ProjectOption = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register an ONNX detector (tiledetect or Deepness metadata) as a new detector."""
     from inference.session import load_detector
 
     services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project) or DEFAULT_PROJECT
     try:
         spec = load_detector(onnx_file).spec
         record = services.detectors.create(
-            name or spec.name or onnx_file.stem, list(spec.class_names)
+            name or spec.name or onnx_file.stem, list(spec.class_names), project=project_id
         )
         services.detectors.add_version(record.id, onnx_file, spec, source="import")
     except TileDetectError as exc:
@@ -197,11 +271,12 @@ def detectors_add(
 
 
 @detectors_app.command("list")
-def detectors_list(data_dir: DataDir = None) -> None:
+def detectors_list(project: ProjectFilter = None, data_dir: DataDir = None) -> None:
     """List detectors and their latest version, as JSON lines."""
     services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project)
     try:
-        for record in services.detectors.list():
+        for record in services.detectors.list(project_id):
             versions = services.detectors.versions(record.id)
             typer.echo(
                 json.dumps(
@@ -210,6 +285,7 @@ def detectors_list(data_dir: DataDir = None) -> None:
                         "name": record.name,
                         "classes": record.classes,
                         "versions": len(versions),
+                        "project": owner(record.project_id),
                     }
                 )
             )
@@ -224,23 +300,27 @@ app.add_typer(images_app, name="images")
 @images_app.command("list")
 def images_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    project: ProjectFilter = None,
     data_dir: DataDir = None,
 ) -> None:
     """List images with their status."""
     services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project)
     try:
-        records = services.images.list()
+        records = services.images.list(project=project_id)
     finally:
         services.close()
     if as_json:
         for r in records:
-            typer.echo(json.dumps({"id": r.id, "name": r.name, "status": r.status}))
+            line = {"id": r.id, "name": r.name, "status": r.status, "project": owner(r.project_id)}
+            typer.echo(json.dumps(line))
         return
-    table = Table("id", "name", "status", "size", "gsd (m)")
+    table = Table("id", "name", "status", "size", "gsd (m)", "project")
     for r in records:
         meta = r.meta or {}
         size = f"{meta['width']}x{meta['height']}" if "width" in meta else ""
-        table.add_row(r.id, r.name, r.status, size, f"{r.gsd:.3f}" if r.gsd else "")
+        gsd = f"{r.gsd:.3f}" if r.gsd else ""
+        table.add_row(r.id, r.name, r.status, size, gsd, owner(r.project_id))
     Console().print(table)
 
 
@@ -255,6 +335,114 @@ def images_delete(image_id: str, data_dir: DataDir = None) -> None:
         raise typer.Exit(code=1) from exc
     finally:
         services.close()
+
+
+projects_app = typer.Typer(
+    help="Projects (workspaces): each image, detector, export and job belongs to one.",
+    no_args_is_help=True,
+)
+app.add_typer(projects_app, name="projects")
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="Project name (letters, digits, _ . -).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Create a project; then give it keys with `tiledetect keys create --project NAME`."""
+    services = build_services(_settings(data_dir))
+    try:
+        record = services.projects.create(name)
+    except TileDetectError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+    typer.echo(json.dumps({"id": record.id, "name": record.name}))
+
+
+@projects_app.command("list")
+def projects_list(data_dir: DataDir = None) -> None:
+    """List projects, as JSON lines."""
+    services = build_services(_settings(data_dir))
+    try:
+        for record in services.projects.list():
+            keys = [k for k in services.keys.list(record.id) if k.revoked_at is None]
+            line = {"id": record.id, "name": record.name, "active_keys": len(keys)}
+            typer.echo(json.dumps(line))
+    finally:
+        services.close()
+
+
+keys_app = typer.Typer(
+    help="API keys of projects (sent as 'Authorization: Bearer <token>' or '?token=').",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_line(key, project_names: dict[str, str]) -> dict:
+    return {
+        "id": key.id,
+        "project": project_names.get(key.project_id, key.project_id),
+        "name": key.name,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option("--project", help="Project (name or id).")],
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'qgis-alice'.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key: prints its token once on stdout (only a hash is stored)."""
+    services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project)
+    assert project_id is not None
+    try:
+        key, token = services.keys.create(project_id, name)
+        names = {p.id: p.name for p in services.projects.list()}
+    finally:
+        services.close()
+    console.print(
+        f"key {key.id} ({key.prefix}...) of project {names[project_id]}; the token below is "
+        "shown only now:"
+    )
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(project: ProjectFilter = None, data_dir: DataDir = None) -> None:
+    """List keys (id, project, name, token prefix, revoked), as JSON lines; never the tokens."""
+    services = build_services(_settings(data_dir))
+    project_id = _project_id(services, project)
+    try:
+        names = {p.id: p.name for p in services.projects.list()}
+        for key in services.keys.list(project_id):
+            typer.echo(json.dumps(_key_line(key, names)))
+    finally:
+        services.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (from `keys list`).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key: servers refuse it within TILEDETECT_AUTH_CACHE_SECONDS (5 s)."""
+    services = build_services(_settings(data_dir))
+    try:
+        key = services.keys.revoke(key_id)
+        names = {p.id: p.name for p in services.projects.list()}
+    except NotFoundError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+    typer.echo(json.dumps(_key_line(key, names)))
 
 
 @app.command()

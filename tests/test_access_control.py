@@ -551,3 +551,46 @@ def test_serve_refuses_a_non_loopback_address_with_auth_off(tmp_path):
     assert "TILEDETECT_AUTH=true" in message and "--allow-unauthenticated" in message
     with socket.socket() as probe:  # it never started listening
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/sysdeps.sh)")
+def test_the_web_app_asks_for_a_key_then_works(auth_server):
+    """In a real browser: the app asks for a key, keeps it, lists the project's image and draws
+    its tiles, which carry the key as ?token=; API calls send it as a Bearer header."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    server, token, _, image, _ = auth_server
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader"],
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            answers: list[tuple[str, int, str | None]] = []
+            page.on(
+                "response",
+                lambda r: answers.append((r.url, r.status, r.request.headers.get("authorization"))),
+            )
+            page.goto(server.url)
+            page.locator("#key-form").wait_for(state="visible")
+            assert "needs an API key" in page.locator("#key-hint").inner_text()
+            page.fill("#key-input", token)
+            page.click("#key-save")
+            page.locator(f'#images li[data-id="{image["id"]}"]').wait_for()
+            assert page.locator("#key-form").is_hidden()
+            page.wait_for_function(
+                "() => window.tiledetect.map.loaded() && window.tiledetect.map.areTilesLoaded()"
+            )
+            assert page.evaluate("() => localStorage.getItem('tiledetect.apiKey')") == token
+        finally:
+            browser.close()
+    assert not errors, errors
+    tiles = [a for a in answers if f"/api/images/{image['id']}/tiles/" in a[0]]
+    assert tiles and all(status == 200 and f"token={token}" in url for url, status, _ in tiles)
+    listing = [a for a in answers if a[0].endswith("/api/images") and a[1] == 200]
+    assert listing and all(auth == f"Bearer {token}" for _, _, auth in listing)

@@ -7,6 +7,29 @@ export class ApiError extends Error {
   }
 }
 
+// API key of a server with auth on (TILEDETECT_AUTH): kept in this browser, sent as a Bearer
+// header on API calls and as ?token= on URLs the browser or a GIS fetches on its own (tiles,
+// downloads). With auth off no key is stored and nothing changes.
+const KEY = "tiledetect.apiKey";
+export const apiKey = () => localStorage.getItem(KEY);
+export function setApiKey(token) {
+  if (token) localStorage.setItem(KEY, token);
+  else localStorage.removeItem(KEY);
+}
+export function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+// This server's URLs (templates with {z} too) carry the key; other hosts' never do.
+export function withToken(url) {
+  const key = apiKey();
+  const ours = url.startsWith("/") || url.startsWith(location.origin);
+  if (!key || !ours || /[?&]token=/.test(url)) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(key)}`;
+}
+let unauthorized = () => {};
+export const onUnauthorized = (handler) => { unauthorized = handler; };
+
 // FastAPI answers {detail: "text"} or {detail: [{loc, msg}, ...]} (validation errors).
 function readable(detail, status) {
   if (typeof detail === "string") return detail;
@@ -23,7 +46,7 @@ function readable(detail, status) {
 }
 
 export async function request(method, path, body) {
-  const options = { method, headers: {} };
+  const options = { method, headers: authHeaders() };
   if (body instanceof FormData) {
     options.body = body;
   } else if (body !== undefined) {
@@ -45,6 +68,7 @@ export async function request(method, path, body) {
   }
   if (!response.ok) {
     const detail = data && typeof data === "object" ? data.detail : data;
+    if (response.status === 401) unauthorized(readable(detail, 401));
     throw new ApiError(readable(detail, response.status), response.status);
   }
   return data;
@@ -59,6 +83,7 @@ export function uploadFile(file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/images");
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (event) => {
       if (event.lengthComputable) onProgress(event.loaded / event.total);
     };

@@ -1,6 +1,6 @@
 // The detector panel (choose, create with classes and colours) and its annotations on the map:
 // the drawing toolbar, saving to the API as they change, and errors the API finds in them.
-import { get, post, put } from "./api.js";
+import { authHeaders, get, post, put } from "./api.js";
 import { Draw } from "./draw.js";
 import { $, el, emit, on, showError, classColors, DEFAULT_COLORS } from "./ui.js";
 import { state } from "./state.js";
@@ -71,7 +71,7 @@ export function initDetectors() {
     clearTimeout(saveTimer);
     saveTimer = null;
     fetch(`/api/detectors/${state.detector.id}/annotations`, { method: "PUT", keepalive: true,
-      headers: { "Content-Type": "application/json" }, body: JSON.stringify(collection()) });
+      headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(collection()) });
   });
   on("image", () => showAnnotations());
   on("detector-updated", (detector) => {

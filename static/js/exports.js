@@ -1,6 +1,6 @@
 // Export the detections over the image or a drawn AOI: progress per cell, the count per class,
 // and the file to download.
-import { post, poll } from "./api.js";
+import { post, poll, withToken } from "./api.js";
 import { $, el, showError, duration } from "./ui.js";
 import { state } from "./state.js";
 import { drawnAoi } from "./detectors.js";
@@ -76,7 +76,7 @@ async function follow(start, format) {
       ...Object.entries(classes).map(([name, c]) => el("tr", { "data-class": name }, el("td", {}, name),
         el("td", { class: "count" }, String(c.count)), el("td", {}, c.area_m2 !== undefined ? `${Math.round(c.area_m2)} m²` : "–"))));
     const link = $("export-download");
-    link.href = exp.download_url;
+    link.href = withToken(exp.download_url); // a plain link cannot send the key as a header
     link.setAttribute("download", `${state.detector.name}-${state.image.name}.${SUFFIX[format]}`.replace(/[^\w.-]+/g, "_"));
     link.textContent = `Download ${format}`;
     link.hidden = false;

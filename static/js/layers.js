@@ -1,5 +1,6 @@
 // The detection layer (on-the-fly tiles) over the imagery: visibility, opacity, minimum object
 // score, version; and the XYZ / TileJSON / WMTS URLs of every layer for QGIS and other maps.
+import { withToken } from "./api.js";
 import { $, el, on, classColors } from "./ui.js";
 import { state } from "./state.js";
 
@@ -71,7 +72,8 @@ function setThreshold() {
   if (overlay) overlay.setTiles([overlayUrl()]);
 }
 
-function urlRow(label, url) {
+function urlRow(label, plainUrl) {
+  const url = withToken(plainUrl); // copied into a GIS, it must work without a header
   const input = el("input", { type: "text", readonly: "", value: url, "aria-label": label });
   const button = el("button", { type: "button", class: "secondary copy", "data-url": url }, "Copy");
   button.addEventListener("click", async () => {

@@ -1,5 +1,5 @@
 // Entry point: the map (no basemap, so it works offline), the image catalogue and uploads.
-import { get, poll, uploadFile } from "./api.js";
+import { apiKey, get, onUnauthorized, poll, setApiKey, uploadFile, withToken } from "./api.js";
 import { $, el, emit, on, showError } from "./ui.js";
 import { state } from "./state.js";
 import { initDetectors } from "./detectors.js";
@@ -18,6 +18,7 @@ const map = new maplibregl.Map({
   zoom: 1,
   attributionControl: false,
   preserveDrawingBuffer: true, // screenshots and tests read the canvas
+  transformRequest: (url) => ({ url: withToken(url) }), // tiles and TileJSON carry the key
 });
 map.addControl(new maplibregl.NavigationControl(), "top-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-right");
@@ -109,6 +110,18 @@ $("file-input").addEventListener("change", (e) => {
   e.target.value = "";
 });
 on("images-changed", loadImages);
+$("wmts-link").href = withToken("/wmts/WMTSCapabilities.xml");
+
+// A server with auth on answers 401 until a key is given: ask for one, keep it, start again.
+onUnauthorized((message) => {
+  $("key-form").hidden = false;
+  $("key-hint").textContent = apiKey() ? `The key was refused: ${message}` : "This server needs an API key of your project.";
+});
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  setApiKey($("key-input").value.trim());
+  location.reload();
+});
 
 map.on("load", () => {
   initDetectors();

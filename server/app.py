@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from catalog.ingest import recover_interrupted
 from inference.session import available_providers
-from server.auth import Authenticator, request_project
+from server.auth import Authenticator, redact_access_log, request_project
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
 from server.middleware import (
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.keys, settings.auth, settings.auth_cache_seconds
         )
         if settings.auth:
+            redact_access_log()
             log.info("auth is on: API and tile requests need a project's API key")
         else:
             log.warning(

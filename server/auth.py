@@ -8,6 +8,8 @@ another project as not found (catalog/projects.py).
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from typing import Annotated
 from urllib.parse import urlencode
@@ -21,6 +23,7 @@ from catalog.models import DEFAULT_PROJECT
 from catalog.projects import ApiKeyStore, hash_token
 
 TOKEN_PARAM = "token"
+_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"]+")
 
 
 class MissingTokenError(AuthenticationError):
@@ -78,6 +81,24 @@ async def request_project(request: Request) -> str:
 
 
 Project = Annotated[str, Depends(request_project)]
+
+
+class RedactTokens(logging.Filter):
+    """Keeps ?token= secrets out of access logs (uvicorn logs each request's full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_URL.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
 
 def url_token(request: Request) -> str:

@@ -530,6 +530,10 @@ def test_a_key_revoked_with_the_cli_stops_working_on_the_running_server(auth_ser
     )
     assert time.monotonic() - revoked_after < 15
     assert server.get(url, headers=bearer(token)).json()["detail"].endswith("was revoked")
+    # Tokens sent in URLs are not written to the access log.
+    log = (server.data_dir.parent / "server.log").read_text()
+    assert f"/api/images/{image['id']}?token=[redacted]" in log
+    assert token not in log
 
 
 def test_serve_refuses_a_non_loopback_address_with_auth_off(tmp_path):

@@ -29,3 +29,8 @@ class DetectorNotFoundError(NotFoundError):
 
 class ExportNotFoundError(NotFoundError):
     """No export with that id."""
+
+
+class RemoteCogRefusedError(TileDetectError):
+    """A remote COG URL this server may not read: the feature is off, the host is not on the
+    allow-list, or the URL redirects."""

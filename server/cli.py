@@ -36,10 +36,20 @@ DataDir = Annotated[
         show_default=False,
     ),
 ]
+BlobUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--blob-url",
+        help="Where COGs, models and exports live: a directory, s3://bucket/prefix or "
+        "gs://bucket/prefix (default: $TILEDETECT_BLOB_URL or DATA_DIR/blobs).",
+        show_default=False,
+    ),
+]
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    return Settings(data_dir=data_dir) if data_dir else Settings()
+def _settings(data_dir: Path | None, blob_url: str | None = None) -> Settings:
+    overrides = {"data_dir": data_dir, "blob_url": blob_url}
+    return Settings(**{key: value for key, value in overrides.items() if value})
 
 
 def _progress_bar() -> Progress:
@@ -61,6 +71,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     data_dir: DataDir = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
     import os
@@ -69,6 +80,8 @@ def serve(
 
     if data_dir:
         os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
+    if blob_url:
+        os.environ["TILEDETECT_BLOB_URL"] = blob_url
     console.print(
         f"tiledetect: serving on http://{host}:{port}  (data: {_settings(None).data_dir})"
     )
@@ -88,11 +101,12 @@ def ingest(
     files: Annotated[list[Path], typer.Argument(help="GeoTIFF file(s) to add.", exists=True)],
     name: Annotated[str | None, typer.Option(help="Display name (default: the file name).")] = None,
     data_dir: DataDir = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Validate GeoTIFFs, convert them to Cloud-Optimized GeoTIFFs and add them to the catalogue."""
     if name and len(files) > 1:
         raise typer.BadParameter("--name applies to a single file")
-    services = build_services(_settings(data_dir))
+    services = build_services(_settings(data_dir, blob_url))
     failed = 0
     try:
         for path in files:
@@ -245,9 +259,9 @@ def images_list(
 
 
 @images_app.command("delete")
-def images_delete(image_id: str, data_dir: DataDir = None) -> None:
+def images_delete(image_id: str, data_dir: DataDir = None, blob_url: BlobUrl = None) -> None:
     """Delete an image and its COG."""
-    services: Services = build_services(_settings(data_dir))
+    services: Services = build_services(_settings(data_dir, blob_url))
     try:
         services.images.delete(image_id)
     except (NotFoundError, TileDetectError) as exc:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.dependencies import get_services
-from server.schemas import ImageOut, IngestAccepted, JobOut
+from server.schemas import ImageOut, IngestAccepted, JobOut, RemoteImageRequest
 from server.services import Services
 from server.uploads import receive_file
 
@@ -53,6 +53,20 @@ async def upload_image(
     return IngestAccepted(image=ImageOut.of(image, str(request.base_url)), job=JobOut.of(job))
 
 
+@router.post(
+    "/remote",
+    status_code=201,
+    response_model=ImageOut,
+    summary="Register an existing COG by URL (hosts on TILEDETECT_REMOTE_COG_HOSTS only); "
+    "read in place, never copied",
+)
+async def register_remote_image(
+    body: RemoteImageRequest, request: Request, services: Annotated[Services, Depends(get_services)]
+) -> ImageOut:
+    image = await run_in_threadpool(services.remote_cogs.register, body.url, body.name)
+    return ImageOut.of(image, str(request.base_url))
+
+
 @router.get("", response_model=list[ImageOut], summary="List images (processing and ready)")
 def list_images(
     request: Request,
@@ -70,7 +84,11 @@ def get_image(
     return ImageOut.of(services.images.get(image_id), str(request.base_url))
 
 
-@router.delete("/{image_id}", status_code=204, summary="Delete an image and its COG")
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    summary="Delete an image and its COG (a remote COG's record only)",
+)
 def delete_image(image_id: str, services: Annotated[Services, Depends(get_services)]) -> Response:
     services.images.delete(image_id)
     return Response(status_code=204)

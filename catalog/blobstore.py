@@ -347,9 +347,10 @@ def gdal_options_for(scheme: str) -> dict[str, str]:
 
     GDAL reads the AWS credentials and region from the environment itself, but not
     AWS_ENDPOINT_URL: a custom endpoint becomes AWS_S3_ENDPOINT (host:port), AWS_HTTPS and
-    path-style addressing (what S3-compatible servers expect).
+    path-style addressing (what S3-compatible servers expect). GDAL_DISABLE_READDIR_ON_OPEN is
+    left alone: applied process-wide it would also hide local sidecar files (.tfw) from ingest.
     """
-    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}  # no bucket listing per open
+    options: dict[str, str] = {}
     endpoint = s3_endpoint() if scheme == "s3" else None
     if endpoint:
         parsed = urlparse(endpoint)
@@ -359,14 +360,20 @@ def gdal_options_for(scheme: str) -> dict[str, str]:
     return options
 
 
+_applied: dict[str, str] = {}
+
+
 def apply_gdal_options(options: dict[str, str]) -> None:
     """Make GDAL options effective in this whole process (every thread, e.g. a Dask worker's).
 
-    GDAL falls back to the environment for config options it is not given; a value the
-    operator set explicitly wins.
+    GDAL falls back to the environment for config options it is not given. A value the
+    operator set explicitly wins; one this function set earlier is updated.
     """
     for name, value in options.items():
-        os.environ.setdefault(name, value)
+        current = os.environ.get(name)
+        if current is None or current == _applied.get(name):
+            os.environ[name] = value
+            _applied[name] = value
 
 
 def is_object_url(location: str | Path) -> bool:

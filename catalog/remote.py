@@ -57,7 +57,11 @@ def parse_remote_url(url: str, allowed: tuple[str, ...]) -> RemoteTarget:
         raise InvalidRemoteUrlError(f"the URL must be 1 to {MAX_URL_LENGTH} characters")
     if any(ch.isspace() or ord(ch) < 32 or ch == "\\" for ch in url):
         raise InvalidRemoteUrlError("the URL contains whitespace, control characters or '\\'")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        explicit_port = parts.port
+    except ValueError as exc:
+        raise InvalidRemoteUrlError(f"the URL cannot be parsed: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidRemoteUrlError(
@@ -75,14 +79,11 @@ def parse_remote_url(url: str, allowed: tuple[str, ...]) -> RemoteTarget:
         raise InvalidRemoteUrlError("the URL must name a file (a path without . or ..)")
     allowed = tuple(a.lower() for a in allowed)
     if scheme == "s3":
-        if parts.port is not None or f"s3://{host}" not in allowed:
+        if explicit_port is not None or f"s3://{host}" not in allowed:
             raise RemoteCogRefusedError(f"bucket s3://{host} is not on this server's allow-list")
         key = path.lstrip("/")
         return RemoteTarget(f"s3://{host}/{key}", f"/vsis3/{host}/{key}", f"s3://{host}")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError as exc:
-        raise InvalidRemoteUrlError(f"the URL's port is invalid: {exc}") from exc
+    port = explicit_port or DEFAULT_PORTS[scheme]
     netloc = f"[{host}]" if ":" in host else host
     listed = {netloc if port == DEFAULT_PORTS[scheme] else None, f"{netloc}:{port}"}
     if not listed & set(allowed):

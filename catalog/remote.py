@@ -91,7 +91,9 @@ def parse_remote_url(url: str, allowed: tuple[str, ...]) -> RemoteTarget:
             f"host {netloc}:{port} is not on this server's allow-list for remote COGs"
         )
     normalised = f"{scheme}://{netloc}:{port}{path}"
-    return RemoteTarget(normalised, f"/vsicurl/{normalised}", f"{netloc}:{port}")
+    # empty_dir: GDAL would otherwise list the "directory" and probe for sidecar files.
+    gdal_path = f"/vsicurl?empty_dir=yes&url={normalised}"
+    return RemoteTarget(normalised, gdal_path, f"{netloc}:{port}")
 
 
 def probe_http(target: RemoteTarget) -> int | None:

@@ -7,27 +7,24 @@ deleting it removes only the record."""
 
 from __future__ import annotations
 
-import threading
-import time
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
-from starlette.applications import Starlette
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from catalog.errors import RemoteCogRefusedError
 from catalog.remote import InvalidRemoteUrlError, parse_remote_url
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import free_port, upload, write_rgb_tif
+from tests.conftest import REPO, free_port, upload, wait_for_port, write_rgb_tif
 from tests.test_object_storage import decode, tile_path
 from tiles.cog import write_cog
 from tiles.source import inspect_source
@@ -39,40 +36,33 @@ pytestmark = pytest.mark.filterwarnings("ignore::rio_tiler.errors.NoOverviewWarn
 class FileServer:
     url: str
     port: int
-    hits: list[str] = field(default_factory=list)
 
-
-class _Counting:
-    """ASGI middleware recording every request path, so a test can say 'never contacted'."""
-
-    def __init__(self, app, hits: list[str]) -> None:
-        self.app, self.hits = app, hits
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            self.hits.append(scope["path"])
-        await self.app(scope, receive, send)
+    @property
+    def hits(self) -> list[str]:
+        return httpx.get(f"{self.url}/_hits", timeout=10).json()
 
 
 @contextmanager
-def serve(app_for) -> Iterator[FileServer]:
-    """A uvicorn server in a thread on a free loopback port; `app_for(url)` builds its app."""
+def serve(folder: Path, log: Path, redirect_to: str = "") -> Iterator[FileServer]:
+    """tests/file_server.py in a uvicorn process on a free loopback port (a process of its own,
+    as a real origin is: GDAL must never wait on a server that needs this process's GIL)."""
     port = free_port()
-    server_info = FileServer(f"http://127.0.0.1:{port}", port)
-    app = _Counting(app_for(server_info.url), server_info.hits)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "file server did not start"
-        time.sleep(0.05)
-    try:
-        yield server_info
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    env = {**os.environ, "TD_FILES_DIR": str(folder), "TD_REDIRECT_TO": redirect_to}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "tests.file_server:create", "--factory"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            cwd=REPO,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, process)
+            yield FileServer(f"http://127.0.0.1:{port}", port)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -84,35 +74,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
     write_cog(source, cog, inspect_source(source))
     striped = write_rgb_tif(folder / "www" / "striped.tif", tiled=False)
     (folder / "www" / "notes.tif").write_bytes(b"not a raster at all" * 100)
-    return {"source": source, "cog": cog, "striped": striped, "www": cog.parent}
+    return {"source": source, "cog": cog, "striped": striped, "www": cog.parent, "root": folder}
 
 
 @pytest.fixture(scope="module")
-def elsewhere() -> Iterator[FileServer]:
+def elsewhere(files) -> Iterator[FileServer]:
     """A host that is not on the allow-list (it must never see a request)."""
-    with serve(lambda _url: Starlette(routes=[])) as server:
+    with serve(files["www"], files["root"] / "elsewhere.log") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def origin(files, elsewhere) -> Iterator[FileServer]:
-    """The allowed host: static COGs with ranges, a redirect to `elsewhere`, and a file served
-    whole whatever the Range header says."""
-
-    def build(_url: str) -> Starlette:
-        cog_bytes = files["cog"].read_bytes()
-        return Starlette(
-            routes=[
-                Route(
-                    "/moved.tif",
-                    lambda _r: RedirectResponse(f"{elsewhere.url}/scene.tif", status_code=302),
-                ),
-                Route("/whole.tif", lambda _r: Response(cog_bytes, media_type="image/tiff")),
-                Mount("/cogs", StaticFiles(directory=files["www"])),
-            ]
-        )
-
-    with serve(build) as server:
+    """The allowed host: the COGs with ranges, /moved.tif redirecting to `elsewhere`, and
+    /whole.tif answering the whole file whatever the Range header says."""
+    target = f"{elsewhere.url}/cogs/scene.tif"
+    with serve(files["www"], files["root"] / "origin.log", redirect_to=target) as server:
         yield server
 
 
@@ -148,8 +125,7 @@ def test_a_listed_host_serves_a_cog_in_place(client, origin, files, tmp_path):
     assert image["status"] == "ready" and image["name"] == "remote scene"
     assert image["remote_url"] == f"{origin.url}/cogs/scene.tif"
     assert image["cog_bytes"] == files["cog"].stat().st_size
-    assert client.app.state.services.images.cog_path(image["id"]).startswith("/vsicurl/")
-    ranged = len(origin.hits)
+    assert client.app.state.services.images.cog_path(image["id"]).startswith("/vsicurl?")
     # The same pixels as the same file uploaded and converted here.
     with TestClient(create_app(Settings(data_dir=tmp_path / "local"))) as local:
         uploaded = upload(local, files["source"])
@@ -158,7 +134,8 @@ def test_a_listed_host_serves_a_cog_in_place(client, origin, files, tmp_path):
             here = local.get(f"/api/images/{uploaded['id']}/{tile_path(uploaded, zoom)}")
             assert remote.status_code == here.status_code == 200, remote.text
             assert np.array_equal(decode(remote.content), decode(here.content))
-    assert len(origin.hits) > ranged  # tiles were read from the origin, by range
+    # Read in place: only the file itself was asked for (no directory listing, no sidecars).
+    assert set(origin.hits) == {"/cogs/scene.tif"}
     # Deleting removes the record only; the file stays where it is.
     assert client.delete(f"/api/images/{image['id']}").status_code == 204
     assert client.get(f"/api/images/{image['id']}").status_code == 404
@@ -198,7 +175,8 @@ def test_urls_refused_before_any_request(client, origin, url, status, says):
 def test_a_redirect_to_another_host_is_not_followed(client, origin, elsewhere):
     response = register(client, f"{origin.url}/moved.tif")
     assert response.status_code == 403, response.text
-    assert "redirect" in response.json()["detail"] and elsewhere.url in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert "redirect" in detail and elsewhere.url in detail
     assert elsewhere.hits == []
     assert client.get("/api/images").json() == []
 
@@ -242,7 +220,7 @@ def test_parse_remote_url_normalises_and_matches_ports():
     allowed = ("example.org", "data.example.org:8443", "[::1]:9000", "s3://bucket")
     target = parse_remote_url("HTTPS://Example.org/a/b.tif", allowed)
     assert target.url == "https://example.org:443/a/b.tif"
-    assert target.gdal_path == "/vsicurl/https://example.org:443/a/b.tif"
+    assert target.gdal_path == "/vsicurl?empty_dir=yes&url=https://example.org:443/a/b.tif"
     assert parse_remote_url("https://data.example.org:8443/x.tif", allowed).host.endswith("8443")
     assert parse_remote_url("http://[::1]:9000/x.tif", allowed).url == "http://[::1]:9000/x.tif"
     assert parse_remote_url("s3://bucket/k/x.tif", allowed).gdal_path == "/vsis3/bucket/k/x.tif"

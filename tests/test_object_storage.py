@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import morecantile
@@ -28,7 +30,15 @@ from catalog.blobstore import (
 from scenes.annotations import annotations_from_truth
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import run_cli, upload, write_rgb_tif, write_scene_tif
+from tests.conftest import (
+    BIN,
+    REPO,
+    free_port,
+    run_cli,
+    upload,
+    write_rgb_tif,
+    write_scene_tif,
+)
 from tests.test_export_seams import detector_spec, write_detector
 from tests.test_imagery_tiles import centre_tile
 
@@ -303,3 +313,61 @@ def test_cli_ingest_into_a_bucket(s3_server, tmp_path):
     deleted = run_cli("images", "delete", image_id, "--blob-url", location, data_dir=data_dir)
     assert deleted.returncode == 0, deleted.stderr
     assert s3_server.keys(bucket) == []
+
+
+def test_export_on_dask_worker_processes(s3_server, tmp_path, detector_file):
+    """A `dask scheduler` and a `dask worker` process whose environment has the credentials but
+    none of GDAL's endpoint options: the store URL and those options travel with each task."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    gdal_only = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING")
+    env = {k: v for k, v in os.environ.items() if k not in gdal_only} | {"PYTHONPATH": str(REPO)}
+    logs = open(tmp_path / "dask.log", "wb")  # noqa: SIM115
+    dask = str(BIN / "dask")
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+            env=env,
+        ),
+        subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "2", "--no-nanny", "--no-dashboard"],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+            env=env,
+        ),
+    ]
+    try:
+        with Client(address, timeout="30s") as probe:
+            probe.wait_for_workers(1, timeout=60)
+        bucket = s3_server.make_bucket()
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            blob_url=f"s3://{bucket}/w",
+            dask_scheduler=address,
+            export_cell_px=256,
+        )
+        with TestClient(create_app(settings)) as client:
+            image = upload(client, write_rgb_tif(tmp_path / "rgb.tif"))
+            with open(detector_file, "rb") as handle:
+                detector = client.post(
+                    "/api/detectors/import", files={"file": ("c.onnx", handle)}
+                ).json()
+            url = f"/api/detectors/{detector['id']}/images/{image['id']}/exports"
+            export_id = client.post(url, json={"format": "parquet"}).json()["id"]
+            record = _wait_export(client, export_id)
+            assert record["state"] == "done", (record, (tmp_path / "dask.log").read_text()[-3000:])
+            assert record["objects"] > 0
+            keys = s3_server.keys(bucket, f"w/exports/{export_id}/cells/")
+            assert len(keys) == 2 * record["cells_total"]
+            download = client.get(f"/api/exports/{export_id}/download")
+            assert download.status_code == 200
+            assert len(download.content) == record["result_bytes"]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        logs.close()

@@ -360,6 +360,15 @@ def gdal_options_for(scheme: str) -> dict[str, str]:
     return options
 
 
+def gdal_options_for_path(gdal_path: str) -> dict[str, str]:
+    """The options a GDAL path needs (a remote COG on S3 needs the endpoint's, whatever the
+    data location is)."""
+    for scheme, prefix in _GDAL_PREFIX.items():
+        if gdal_path.startswith(prefix):
+            return gdal_options_for(scheme)
+    return {}
+
+
 _applied: dict[str, str] = {}
 
 

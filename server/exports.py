@@ -15,7 +15,7 @@ from datetime import UTC
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from catalog.blobstore import BlobStore
+from catalog.blobstore import BlobStore, gdal_options_for_path
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
@@ -185,7 +185,7 @@ class ExportService:
             self.blobs.ref(prefix),  # cells are written straight into the store by the workers
             aoi_in_image_crs(record.aoi, image.meta),
             self.settings.export_cell_px,
-            gdal_options=self.blobs.gdal_options(),
+            gdal_options=self.blobs.gdal_options() | gdal_options_for_path(layer.cog_path),
         )
         started = time.monotonic()
         self.store.update(

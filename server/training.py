@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from catalog.annotations import AnnotationStore
-from catalog.blobstore import BlobStore, open_blob_store
+from catalog.blobstore import BlobStore, gdal_options_for_path, open_blob_store
 from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore
@@ -168,10 +168,11 @@ class TrainingService:
             steps=steps,
         )
         job = self.jobs.create(TRAIN_JOB, detector_id=detector_id, message="queued")
+        options = self.blobs.gdal_options()
+        for source in sources.values():
+            options |= gdal_options_for_path(source.cog_path)
         task = TrainingTask(
-            request,
-            self.blobs.ref(f"training/{job.id}"),
-            tuple(sorted(self.blobs.gdal_options().items())),
+            request, self.blobs.ref(f"training/{job.id}"), tuple(sorted(options.items()))
         )
         thread = threading.Thread(
             target=self._run, args=(job.id, detector_id, task), name=f"train-{job.id}", daemon=True

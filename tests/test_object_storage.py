@@ -113,6 +113,9 @@ def test_gdal_paths_and_options(monkeypatch):
     assert gdal_options_for("s3")["AWS_HTTPS"] == "YES"
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert gdal_options_for("s3") == {}  # AWS itself: GDAL's defaults
+    gcs = ObjectBlobStore("gs://bucket/pre")  # GCS: the same interface, GDAL's /vsigs/
+    assert gcs.gdal_path("images/a.tif") == "/vsigs/bucket/pre/images/a.tif"
+    assert gcs.gdal_options() == {}
     with pytest.raises(ValueError, match="unsupported data location"):
         open_blob_store("ftp://host/x")
 

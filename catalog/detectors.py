@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from catalog.blobstore import LocalBlobStore
+from catalog.blobstore import BlobStore
 from catalog.db import Database
 from catalog.errors import DetectorNotFoundError
 from catalog.models import DEFAULT_PROJECT, DetectorRecord, DetectorVersionRecord, new_id
@@ -17,7 +16,7 @@ from inference.format import DetectorSpec
 
 
 class DetectorCatalog:
-    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
 
@@ -72,9 +71,7 @@ class DetectorCatalog:
         raise AssertionError("unreachable")
 
     def _copy_in(self, path: Path, key: str) -> int:
-        staging = self.blobs.staging_path(key)
-        shutil.copyfile(path, staging)
-        return self.blobs.commit(staging, key)
+        return self.blobs.put_file(path, key)
 
     def _record_version(self, version_id, detector_id, key, size, spec, metrics, source):
         with self.db.transaction() as session:
@@ -140,7 +137,12 @@ class DetectorCatalog:
         raise DetectorNotFoundError(f"detector {detector_id} has no version {number}")
 
     def onnx_path(self, version: DetectorVersionRecord) -> Path:
-        return self.blobs.path(version.onnx_key)
+        """A local file of the version's model (a cached download from a remote store)."""
+        return self.blobs.local_path(version.onnx_key)
+
+    def onnx_ref(self, version: DetectorVersionRecord) -> str:
+        """The model as a location a Dask worker elsewhere can fetch (blobstore.fetch_local)."""
+        return self.blobs.ref(version.onnx_key)
 
     def delete(self, detector_id: str, project: str | None = None) -> list[str]:
         """Remove a detector, its versions and files; returns the removed version ids."""

@@ -33,3 +33,8 @@ class ExportNotFoundError(NotFoundError):
 
 class AuthenticationError(TileDetectError):
     """A request without a valid API key (missing, unknown or revoked)."""
+
+
+class RemoteCogRefusedError(TileDetectError):
+    """A remote COG URL this server may not read: the feature is off, the host is not on the
+    allow-list, or the URL redirects."""

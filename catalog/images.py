@@ -7,7 +7,7 @@ import threading
 from cachetools import TTLCache
 from sqlalchemy import select
 
-from catalog.blobstore import LocalBlobStore
+from catalog.blobstore import BlobStore
 from catalog.db import Database
 from catalog.errors import ConflictError, ImageNotFoundError, ImageNotReadyError
 from catalog.models import (
@@ -27,7 +27,7 @@ _RESOLVE_TTL_SECONDS = 5.0
 
 
 class ImageCatalog:
-    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
         # image id -> (COG path, project): the scope is checked on cached entries too.
@@ -63,6 +63,33 @@ class ImageCatalog:
             record.status = ImageStatus.READY
             return record
 
+    def create_remote(
+        self,
+        name: str,
+        url: str,
+        gdal_path: str,
+        metadata: ImageMetadata,
+        size: int | None,
+        project: str = DEFAULT_PROJECT,
+    ) -> ImageRecord:
+        """Record an existing COG elsewhere (validated by the caller): ready at once, no copy."""
+        record = ImageRecord(
+            id=new_id(),
+            name=name,
+            status=ImageStatus.READY,
+            cog_key=None,
+            remote_url=url,
+            remote_gdal_path=gdal_path,
+            cog_bytes=size,
+            source_bytes=size,
+            meta=metadata.as_dict(),
+            gsd=metadata.gsd,
+            project_id=project,
+        )
+        with self.db.transaction() as session:
+            session.add(record)
+        return record
+
     def get(self, image_id: str, project: str | None = None) -> ImageRecord:
         with self.db.transaction() as session:
             record = session.get(ImageRecord, image_id)
@@ -88,9 +115,12 @@ class ImageCatalog:
                 raise ImageNotFoundError(f"no image with id {image_id!r}")
             return path
         record = self.get(image_id, project)
-        if record.status != ImageStatus.READY or not record.cog_key:
+        if record.status == ImageStatus.READY and record.remote_gdal_path:
+            path = record.remote_gdal_path
+        elif record.status != ImageStatus.READY or not record.cog_key:
             raise ImageNotReadyError(f"image {image_id} is still being ingested")
-        path = self.blobs.gdal_path(record.cog_key)
+        else:
+            path = self.blobs.gdal_path(record.cog_key)
         with self._lock:
             self._cog_paths[image_id] = (path, owner(record.project_id))
         return path
@@ -110,9 +140,11 @@ class ImageCatalog:
                 raise ConflictError(
                     f"image {image_id} is being ingested by job {active}; delete it when that ends"
                 )
+            remote = record.remote_url is not None
             session.delete(record)
         self._forget(image_id)
-        self.blobs.delete_prefix(f"images/{image_id}")
+        if not remote:  # a registered remote COG is not ours: only its record goes
+            self.blobs.delete_prefix(f"images/{image_id}")
 
     def discard(self, image_id: str) -> None:
         """Remove an image whose ingest failed: its record and whatever files it had."""

@@ -85,6 +85,10 @@ class ImageRecord(Base):
     # Filled once the COG is complete (status ready); see tiles.metadata.ImageMetadata.
     gsd: Mapped[float | None] = mapped_column(Float, nullable=True)
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A COG registered by URL and read where it is (never copied, never deleted by us): the URL
+    # as given, and what GDAL opens (/vsicurl/ or /vsis3/). Null for ingested images.
+    remote_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    remote_gdal_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class JobRecord(Base):

@@ -1,8 +1,9 @@
 """One export cell, run on a Dask worker: infer, extract objects, write them, mark the cell done.
 
 The task is idempotent: its objects go to `cells/{id}.parquet` and then a `cells/{id}.json`
-marker, each written under a temporary name and renamed, so a cell is either done (both there)
-or not (a rerun redoes it); a worker killed mid-cell leaves nothing that counts.
+marker in the export's folder of the blob store (a directory, or an s3:// / gs:// prefix), each
+published atomically (a rename, or an object PUT), so a cell is either done (both there) or not
+(a rerun redoes it); a worker killed mid-cell leaves nothing that counts.
 
 Objects are decided like display tiles decide them: the cell infers its core plus an object
 margin, and an object belongs to the cell holding its representative point. Objects too large for
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import shapely
 from shapely.geometry import box
 
+from catalog.blobstore import BlobStore, apply_gdal_options, fetch_local, open_blob_store
 from export.cells import Cell
 from inference.objects import DetectedObject, extract_objects
 from inference.region import RegionRequest, infer_region
@@ -48,7 +50,9 @@ CELL_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class CellJob:
-    """Everything a worker needs for one cell; paths point into the shared blob store."""
+    """Everything a worker needs for one cell. `export_dir` and `onnx_path` are blob refs (a
+    path, or an s3:// / gs:// URL), `cog_path` what GDAL opens, with `gdal_options` (a custom
+    S3 endpoint) that the worker process applies; credentials come from its environment."""
 
     export_dir: str
     cell: Cell
@@ -61,24 +65,33 @@ class CellJob:
     metres_per_unit: float
     aoi_wkb: bytes | None = None  # image CRS
     fail_marker: str | None = None  # tests: a file whose presence makes the cell fail
+    gdal_options: tuple[tuple[str, str], ...] = ()
 
 
-def done_marker(export_dir: str | Path, cell_id: str) -> Path:
-    return Path(export_dir) / "cells" / f"{cell_id}.json"
+def done_key(cell_id: str) -> str:
+    return f"cells/{cell_id}.json"
 
 
-def objects_file(export_dir: str | Path, cell_id: str) -> Path:
-    return Path(export_dir) / "cells" / f"{cell_id}.parquet"
+def objects_key(cell_id: str) -> str:
+    return f"cells/{cell_id}.parquet"
+
+
+@functools.lru_cache(maxsize=16)
+def export_store(export_dir: str | Path) -> BlobStore:
+    """The export's folder as a store (one client per worker process and export)."""
+    return open_blob_store(export_dir)
 
 
 def read_done(export_dir: str | Path, cell_id: str) -> dict | None:
-    marker = done_marker(export_dir, cell_id)
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    try:
+        return json.loads(export_store(export_dir).read_bytes(done_key(cell_id)))
+    except FileNotFoundError:
+        return None
 
 
-def _detector(onnx_path: str) -> Detector:
+def _detector(onnx_ref: str) -> Detector:
     """One onnxruntime session per worker process and model (sessions are slow to create)."""
-    return _session(onnx_path, session_threads())
+    return _session(str(fetch_local(onnx_ref)), session_threads())
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,6 +120,7 @@ def session_threads() -> int | None:
 
 def run_cell(job: CellJob) -> dict:
     """Run one cell (or return the summary of an earlier run of it)."""
+    apply_gdal_options(dict(job.gdal_options))
     earlier = read_done(job.export_dir, job.cell.id)
     if earlier is not None:
         return earlier
@@ -128,10 +142,9 @@ def run_cell(job: CellJob) -> dict:
         "seconds": round(time.perf_counter() - started, 3),
         **timings,
     }
-    _write_atomically(objects_file(job.export_dir, job.cell.id), lambda p: pq.write_table(table, p))
-    _write_atomically(
-        done_marker(job.export_dir, job.cell.id), lambda p: p.write_text(json.dumps(summary))
-    )
+    store = export_store(job.export_dir)
+    _write_atomically(store, objects_key(job.cell.id), lambda p: pq.write_table(table, p))
+    _write_atomically(store, done_key(job.cell.id), lambda p: p.write_text(json.dumps(summary)))
     return summary
 
 
@@ -236,11 +249,11 @@ def _class_counts(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def _write_atomically(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.partial")
+def _write_atomically(store: BlobStore, key: str, write) -> None:
+    """Write a local staging file, then publish it under `key` in one step."""
+    staging = store.staging_path(key)
     try:
         write(staging)
-        os.replace(staging, path)
+        store.commit(staging, key)
     finally:
         staging.unlink(missing_ok=True)

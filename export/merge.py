@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import shapely
 from shapely import STRtree
 
-from export.cell_task import objects_file
+from export.cell_task import export_store, objects_key
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -47,11 +47,13 @@ class ObjectStream:
         self._parts: list[pa.Table] = []
 
     def tables(self) -> Iterator[pa.Table]:
+        store = export_store(self.export_dir)
         for cell_id in self.cell_ids:
-            path = objects_file(self.export_dir, cell_id)
-            if not path.is_file():
+            try:
+                data = store.read_bytes(objects_key(cell_id))
+            except FileNotFoundError:
                 continue
-            table = pq.read_table(path)
+            table = pq.read_table(pa.BufferReader(data))
             part = table.column("part")
             self._parts.append(table.filter(part))
             whole = table.filter(pc.invert(part))

@@ -107,7 +107,9 @@ def plan_cells(
     export_dir: str | Path,
     aoi: BaseGeometry | None = None,
     cell_px: int = DEFAULT_CELL_PX,
+    gdal_options: dict[str, str] | None = None,
 ) -> list[CellJob]:
+    """The cells of an export; `export_dir` is a blob ref (a directory path or an object URL)."""
     meta = source.image_meta
     windows = WindowGrid.for_image(meta, source.spec)
     grid = CellGrid.for_windows(windows, cell_px)
@@ -124,6 +126,7 @@ def plan_cells(
             pixel_size=windows.pixel_size,
             metres_per_unit=meta["gsd"] / meta["resolution"][0],
             aoi_wkb=aoi_wkb,
+            gdal_options=tuple(sorted((gdal_options or {}).items())),
         )
         for cell in grid.cells(aoi)
     ]

@@ -39,6 +39,15 @@ DataDir = Annotated[
         show_default=False,
     ),
 ]
+BlobUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--blob-url",
+        help="Where COGs, models and exports live: a directory, s3://bucket/prefix or "
+        "gs://bucket/prefix (default: $TILEDETECT_BLOB_URL or DATA_DIR/blobs).",
+        show_default=False,
+    ),
+]
 
 
 ProjectOption = Annotated[
@@ -55,8 +64,9 @@ ProjectFilter = Annotated[
 ]
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    return Settings(data_dir=data_dir) if data_dir else Settings()
+def _settings(data_dir: Path | None, blob_url: str | None = None) -> Settings:
+    overrides = {"data_dir": data_dir, "blob_url": blob_url}
+    return Settings(**{key: value for key, value in overrides.items() if value})
 
 
 def _project_id(services: Services, project: str | None) -> str | None:
@@ -115,6 +125,7 @@ def serve(
         ),
     ] = False,
     data_dir: DataDir = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
     import os
@@ -123,6 +134,8 @@ def serve(
 
     if data_dir:
         os.environ["TILEDETECT_DATA_DIR"] = str(data_dir)
+    if blob_url:
+        os.environ["TILEDETECT_BLOB_URL"] = blob_url
     if auth is not None:
         os.environ["TILEDETECT_AUTH"] = "true" if auth else "false"
     settings = _settings(None)
@@ -159,11 +172,12 @@ def ingest(
     name: Annotated[str | None, typer.Option(help="Display name (default: the file name).")] = None,
     project: ProjectOption = None,
     data_dir: DataDir = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Validate GeoTIFFs, convert them to Cloud-Optimized GeoTIFFs and add them to the catalogue."""
     if name and len(files) > 1:
         raise typer.BadParameter("--name applies to a single file")
-    services = build_services(_settings(data_dir))
+    services = build_services(_settings(data_dir, blob_url))
     project_id = _project_id(services, project) or DEFAULT_PROJECT
     failed = 0
     try:
@@ -325,9 +339,9 @@ def images_list(
 
 
 @images_app.command("delete")
-def images_delete(image_id: str, data_dir: DataDir = None) -> None:
+def images_delete(image_id: str, data_dir: DataDir = None, blob_url: BlobUrl = None) -> None:
     """Delete an image and its COG."""
-    services: Services = build_services(_settings(data_dir))
+    services: Services = build_services(_settings(data_dir, blob_url))
     try:
         services.images.delete(image_id)
     except (NotFoundError, TileDetectError) as exc:

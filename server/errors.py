@@ -7,7 +7,13 @@ from morecantile.errors import InvalidZoomError, TileArgParsingError
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
-from catalog.errors import AuthenticationError, ConflictError, ImageNotReadyError, NotFoundError
+from catalog.errors import (
+    AuthenticationError,
+    ConflictError,
+    ImageNotReadyError,
+    NotFoundError,
+    RemoteCogRefusedError,
+)
 from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
@@ -28,6 +34,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     NotFoundError: status.HTTP_404_NOT_FOUND,
     ImageNotReadyError: status.HTTP_409_CONFLICT,
     ConflictError: status.HTTP_409_CONFLICT,
+    RemoteCogRefusedError: status.HTTP_403_FORBIDDEN,
     InvalidImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidDetectorError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     IncompatibleImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,

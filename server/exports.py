@@ -8,7 +8,6 @@ at `TILEDETECT_DASK_SCHEDULER`, whose workers must see the same blob store.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from datetime import UTC
@@ -16,7 +15,7 @@ from datetime import UTC
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from catalog.blobstore import LocalBlobStore
+from catalog.blobstore import BlobStore, gdal_options_for_path
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
@@ -47,7 +46,7 @@ class ExportService:
         store: ExportStore,
         images: ImageCatalog,
         layers: DetectionLayers,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -128,16 +127,21 @@ class ExportService:
             self._launch(export_id)
         return ids
 
-    def result_path(self, record: ExportRecord):
-        return self.blobs.path(record.result_key) if record.result_key else None
+    def result_key(self, record: ExportRecord) -> str | None:
+        """The blob key of the finished export's file, when it has one."""
+        if record.result_key and self.blobs.exists(record.result_key):
+            return record.result_key
+        return None
 
     def layer_source(self, version_id: str, image_id: str):
-        """The object file of the newest whole-image export, or None."""
+        """The object file of the newest whole-image export (a local copy), or None."""
         record = self.store.latest_done(version_id, image_id)
         if record is None or record.aoi is not None:
             return None
-        path = self.blobs.path(f"{export_prefix(record.id)}/{LAYER_SOURCE}")
-        return path if path.is_file() else None
+        try:
+            return self.blobs.local_path(f"{export_prefix(record.id)}/{LAYER_SOURCE}")
+        except FileNotFoundError:
+            return None
 
     # Running -----------------------------------------------------------------------------------
 
@@ -174,21 +178,19 @@ class ExportService:
         image = self.images.get(record.image_id)
         source = ExportSource(
             cog_path=layer.cog_path,
-            onnx_path=str(
-                self.layers.detectors.onnx_path(
-                    self.layers.detectors.version(record.detector_id, record.version_number)
-                )
+            onnx_path=self.layers.detectors.onnx_ref(
+                self.layers.detectors.version(record.detector_id, record.version_number)
             ),
             spec=layer.spec,
             image_meta=image.meta,
         )
         prefix = export_prefix(export_id)
-        export_dir = self.blobs.path(prefix)
         jobs = plan_cells(
             source,
-            export_dir,
+            self.blobs.ref(prefix),  # cells are written straight into the store by the workers
             aoi_in_image_crs(record.aoi, image.meta),
             self.settings.export_cell_px,
+            gdal_options=self.blobs.gdal_options() | gdal_options_for_path(layer.cog_path),
         )
         started = time.monotonic()
         self.store.update(
@@ -200,12 +202,20 @@ class ExportService:
         progress = _ProgressWriter(self.store, export_id, started)
         output = FORMATS[record.format]
         out_key = f"{prefix}/result{output.extension}"
+        staging = self.blobs.staging_path(out_key)  # merged locally, then published
+        try:
+            self._export(record, source, jobs, output, staging, out_key, progress)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def _export(self, record, source, jobs, output, staging, out_key, progress) -> None:
+        export_id, prefix = record.id, export_prefix(record.id)
         outcome = run_export(
             self.client(),
             export_id,
             source,
             jobs,
-            self.blobs.path(out_key),
+            staging,
             output,
             CRS.from_user_input(record.crs) if record.crs else None,
             SweepOptions(
@@ -221,10 +231,17 @@ class ExportService:
                 return  # server shutting down: stays `running`, resumed on the next start
             self.store.finish(export_id, ExportState.CANCELLED)
             return
+        result_bytes = self.blobs.commit(staging, out_key)
+        layer_key = f"{prefix}/{LAYER_SOURCE}"
         if output.name != "gpkg" and record.aoi is None:
-            write_result(source, jobs, export_dir / LAYER_SOURCE, format_named("gpkg"))
+            layer_staging = self.blobs.staging_path(layer_key)
+            try:
+                write_result(source, jobs, layer_staging, format_named("gpkg"))
+                self.blobs.commit(layer_staging, layer_key)
+            finally:
+                layer_staging.unlink(missing_ok=True)
         elif record.aoi is None:
-            os.link(self.blobs.path(out_key), export_dir / LAYER_SOURCE)
+            self.blobs.copy(out_key, layer_key)
         self.store.finish(
             export_id,
             ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
@@ -234,7 +251,7 @@ class ExportService:
             cells_done=len(outcome.sweep.done),
             cells_failed=len(outcome.sweep.failed),
             result_key=out_key,
-            result_bytes=self.blobs.path(out_key).stat().st_size,
+            result_bytes=result_bytes,
             eta_seconds=0.0,
         )
 

@@ -31,6 +31,15 @@ class JobOut(BaseModel):
         return cls.model_validate(job, from_attributes=True)
 
 
+class RemoteImageRequest(BaseModel):
+    url: str = Field(
+        max_length=2048,
+        description="https://host/path.tif, http://... or s3://bucket/key.tif of an existing COG "
+        "on a host of TILEDETECT_REMOTE_COG_HOSTS",
+    )
+    name: str | None = Field(None, max_length=255)
+
+
 class ImageOut(BaseModel):
     id: str
     name: str
@@ -55,6 +64,7 @@ class ImageOut(BaseModel):
     maxzoom: int | None = None
     overviews: list[int] | None = None
     tile_params: str | None = None
+    remote_url: str | None = None  # a registered remote COG (read in place, never copied)
     links: dict[str, str] = {}
 
     @classmethod
@@ -84,6 +94,7 @@ class ImageOut(BaseModel):
             source_bytes=image.source_bytes,
             cog_bytes=image.cog_bytes,
             tile_params=params,
+            remote_url=image.remote_url,
             links=links,
             **fields,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from catalog.annotations import AnnotationStore
-from catalog.blobstore import LocalBlobStore
+from catalog.blobstore import BlobStore, apply_gdal_options, gdal_options_for, open_blob_store
 from catalog.db import Database
 from catalog.detectors import DetectorCatalog
 from catalog.exports import ExportStore
@@ -13,6 +13,7 @@ from catalog.images import ImageCatalog
 from catalog.ingest import Ingestor
 from catalog.jobs import JobStore
 from catalog.projects import ApiKeyStore, ProjectStore
+from catalog.remote import RemoteCogs
 from inference.cache import ProbabilityCache, RenderedTileCache
 from inference.engine import DetectionEngine
 from inference.session import available_providers
@@ -30,6 +31,7 @@ class Services:
     images: ImageCatalog
     jobs: JobStore
     ingestor: Ingestor
+    remote_cogs: RemoteCogs
     detectors: DetectorCatalog
     layers: DetectionLayers
     engine: DetectionEngine
@@ -52,15 +54,29 @@ def default_batch_size(settings: Settings) -> int:
     return 8 if available_providers()[0] == "CUDAExecutionProvider" else 1
 
 
+def open_blob_store_for(settings: Settings) -> BlobStore:
+    """The configured data location, with GDAL set up to read it (and s3:// remote COGs)."""
+    blobs = open_blob_store(
+        settings.blob_location(),
+        cache_dir=settings.blob_cache_dir,
+        staging_dir=settings.staging_dir,
+    )
+    apply_gdal_options(blobs.gdal_options())
+    if any(h.startswith("s3://") for h in settings.remote_hosts()):
+        apply_gdal_options(gdal_options_for("s3"))
+    return blobs
+
+
 def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
     projects = ProjectStore(db)
     projects.ensure_default()
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = open_blob_store_for(settings)
     images = ImageCatalog(db, blobs)
     jobs = JobStore(db)
-    ingestor = Ingestor(images, jobs, SourceLimits(max_bands=settings.max_image_bands))
+    limits = SourceLimits(max_bands=settings.max_image_bands)
+    ingestor = Ingestor(images, jobs, limits)
     detectors = DetectorCatalog(db, blobs)
     engine = DetectionEngine(
         ProbabilityCache(settings.detection_cache_dir, settings.detection_cache_bytes),
@@ -79,6 +95,7 @@ def build_services(settings: Settings) -> Services:
         images=images,
         jobs=jobs,
         ingestor=ingestor,
+        remote_cogs=RemoteCogs(images, settings.remote_hosts(), limits),
         detectors=detectors,
         layers=layers,
         engine=engine,

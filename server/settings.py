@@ -15,6 +15,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TILEDETECT_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="Blob store, database and caches live here.")
+    blob_url: str | None = Field(
+        None,
+        description="Where COGs, models and exports live: a directory, s3://bucket/prefix or "
+        "gs://bucket/prefix; default <data_dir>/blobs.",
+    )
+    remote_cog_hosts: str = Field(
+        "",
+        description="Comma-separated hosts whose COGs may be registered by URL without copying "
+        "(host, host:port, or s3://bucket); empty: registration by URL is off.",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tiledetect.db"
     )
@@ -71,6 +81,23 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    def blob_location(self) -> str:
+        """The data location: `blob_url`, or the local directory under data_dir."""
+        return self.blob_url or str(self.blob_dir)
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """Local copies of remote blobs that code needs as files (ONNX models, layer sources)."""
+        return self.data_dir / "cache" / "blobs"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Finished files wait here before going up to a remote blob store."""
+        return self.data_dir / "staging"
+
+    def remote_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.remote_cog_hosts.split(",") if h.strip())
 
     @property
     def detection_cache_dir(self) -> Path:

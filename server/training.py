@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 import time
 from typing import Any
 
 from catalog.annotations import AnnotationStore
-from catalog.blobstore import LocalBlobStore
+from catalog.blobstore import BlobStore, gdal_options_for_path, open_blob_store
 from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore
@@ -43,7 +42,7 @@ class TrainingService:
         jobs: JobStore,
         layers: DetectionLayers,
         exports: ExportService,  # owns the Dask client that training shares
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
     ) -> None:
         self.settings = settings
         self.detectors = detectors
@@ -187,8 +186,12 @@ class TrainingService:
             message="queued",
             project=owner(detector.project_id),
         )
-        work = self.blobs.path(f"training/{job.id}")
-        task = TrainingTask(request, str(work))
+        options = self.blobs.gdal_options()
+        for source in sources.values():
+            options |= gdal_options_for_path(source.cog_path)
+        task = TrainingTask(
+            request, self.blobs.ref(f"training/{job.id}"), tuple(sorted(options.items()))
+        )
         thread = threading.Thread(
             target=self._run, args=(job.id, detector_id, task), name=f"train-{job.id}", daemon=True
         )
@@ -197,7 +200,11 @@ class TrainingService:
         return self.jobs.get(job.id)
 
     def _run(self, job_id: str, detector_id: str, task: TrainingTask) -> None:
-        work = self.blobs.path(f"training/{job_id}")
+        work = open_blob_store(
+            task.work_dir,
+            cache_dir=self.settings.blob_cache_dir,
+            staging_dir=self.settings.staging_dir,
+        )
         try:
             self.jobs.start(job_id, "waiting for a worker")
             client = self.exports.client()
@@ -219,7 +226,7 @@ class TrainingService:
                 time.sleep(0.5)
             report = future.result()
             self.jobs.report(job_id, 0.95, "publishing the new version", read_progress(work) or {})
-            model = work / "model.onnx"
+            model = work.local_path("model.onnx")  # a download when the store is remote
             version = self.detectors.add_version(
                 detector_id,
                 model,
@@ -227,8 +234,8 @@ class TrainingService:
                 metrics=report.get("metrics"),
                 source="train",
                 attachments={
-                    "report.json": work / "report.json",
-                    "predictions.geojson": work / "predictions.geojson",
+                    "report.json": work.local_path("report.json"),
+                    "predictions.geojson": work.local_path("predictions.geojson"),
                 },
             )
             self.layers.forget([])  # the latest version changed: serve it at once
@@ -246,7 +253,7 @@ class TrainingService:
             log.exception("training %s failed", job_id)
             self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            self.blobs.delete_prefix(f"training/{job_id}")  # and its local copies
             self._threads.pop(job_id, None)
 
 

@@ -251,3 +251,88 @@ def write_scene_tif(path: Path, size: int, seed: int, crowding: float = 1.0) -> 
     truth = path.with_suffix(".geojson")
     write_scene(spec, path, truth)
     return path, truth
+
+
+# An S3-compatible server on loopback (moto's server mode) for the object-store tests ----------
+
+_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
+_S3_ENV += ("AWS_ENDPOINT_URL", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def make_bucket(self) -> str:
+        import uuid
+
+        bucket = f"tiledetect-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server process exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """moto's S3 (`moto_server`) on a free loopback port; the standard AWS_* variables point
+    every client (obstore, GDAL through the store's options, boto3, subprocesses) at it.
+
+    A process of its own, not moto's in-process thread: GDAL holds a lock of its HTTP cache
+    while waiting for a reply, and a server thread needing this process's GIL to send that
+    reply can deadlock with a second reading thread.
+    """
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    saved = {name: os.environ.get(name) for name in _S3_ENV}
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, process)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="tiledetect-test",
+            AWS_SECRET_ACCESS_KEY="tiledetect-test-secret",
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=endpoint,
+        )
+        yield S3Server(endpoint)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -182,3 +182,31 @@ def test_a_catalogue_from_before_detector_colours_opens_and_gains_the_column(tmp
             assert session.get(DetectorRecord, "d1").colors == ["#123456"]
     finally:
         database.dispose()
+
+
+def test_a_catalogue_from_before_remote_cogs_gains_the_remote_columns(tmp_path):
+    """Images of an older catalogue open as ingested images (no remote URL)."""
+    import sqlite3
+
+    from catalog.db import Database
+    from catalog.models import ImageRecord
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE images (id VARCHAR(32) PRIMARY KEY, name VARCHAR(255), "
+            "status VARCHAR(16), created_at DATETIME, cog_key VARCHAR(512), cog_bytes INTEGER, "
+            "source_bytes INTEGER, gsd FLOAT, meta JSON)"
+        )
+        old.execute(
+            "INSERT INTO images VALUES ('i1', 'old', 'ready', '2026-01-01 00:00:00', "
+            "'images/i1/i1.tif', 10, 10, 0.3, '{}')"
+        )
+    database = Database(f"sqlite:///{path}")
+    try:
+        with database.transaction() as session:
+            record = session.get(ImageRecord, "i1")
+            assert record.cog_key == "images/i1/i1.tif"
+            assert record.remote_url is None and record.remote_gdal_path is None
+    finally:
+        database.dispose()

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from catalog.errors import ConflictError
 from export.writers import FORMATS
 from server.auth import Project
+from server.blob_responses import blob_response
 from server.dependencies import get_services
 from server.exports import elapsed_seconds
 from server.schemas import ExportOut, ExportRequest
@@ -88,10 +88,10 @@ def download_export(
     export_id: ExportId, services: Annotated[Services, Depends(get_services)], project: Project
 ):
     record = services.exports.store.get(export_id, project)
-    path = services.exports.result_path(record)
-    if record.state not in ("done", "partial") or path is None or not path.is_file():
+    key = services.exports.result_key(record) if record.state in ("done", "partial") else None
+    if key is None:
         raise ConflictError(f"export {export_id} is {record.state}; its file is not ready")
     fmt = FORMATS[record.format]
-    return FileResponse(
-        path, media_type=fmt.media_type, filename=f"export-{export_id}{fmt.extension}"
+    return blob_response(
+        services.exports.blobs, key, fmt.media_type, f"export-{export_id}{fmt.extension}"
     )

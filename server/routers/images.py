@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.auth import Project
 from server.dependencies import get_services
-from server.schemas import ImageOut, IngestAccepted, JobOut
+from server.schemas import ImageOut, IngestAccepted, JobOut, RemoteImageRequest
 from server.services import Services
 from server.uploads import receive_file
 
@@ -57,6 +57,23 @@ async def upload_image(
     return IngestAccepted(image=ImageOut.of(image, str(request.base_url)), job=JobOut.of(job))
 
 
+@router.post(
+    "/remote",
+    status_code=201,
+    response_model=ImageOut,
+    summary="Register an existing COG by URL (hosts on TILEDETECT_REMOTE_COG_HOSTS only); "
+    "read in place, never copied",
+)
+async def register_remote_image(
+    body: RemoteImageRequest,
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
+) -> ImageOut:
+    image = await run_in_threadpool(services.remote_cogs.register, body.url, body.name, project)
+    return ImageOut.of(image, str(request.base_url))
+
+
 @router.get("", response_model=list[ImageOut], summary="List images (processing and ready)")
 def list_images(
     request: Request,
@@ -78,7 +95,11 @@ def get_image(
     return ImageOut.of(services.images.get(image_id, project), str(request.base_url))
 
 
-@router.delete("/{image_id}", status_code=204, summary="Delete an image and its COG")
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    summary="Delete an image and its COG (a remote COG's record only)",
+)
 def delete_image(
     image_id: str, services: Annotated[Services, Depends(get_services)], project: Project
 ) -> Response:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
-from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from catalog.errors import DetectorNotFoundError
 from server.auth import Project
+from server.blob_responses import blob_response
 from server.dependencies import get_services
 from server.routers.detections import _describe
 from server.schemas import DetectorCreate, DetectorOut, DetectorVersionOut, JobOut, TrainRequest
@@ -90,12 +90,13 @@ def version_model(
     number: int,
     services: Annotated[Services, Depends(get_services)],
     project: Project,
-) -> FileResponse:
+):
     version = services.detectors.version(detector_id, number, project)
-    return FileResponse(
-        services.detectors.onnx_path(version),
-        media_type="application/octet-stream",
-        filename=f"{detector_id}-v{number}.onnx",
+    return blob_response(
+        services.detectors.blobs,
+        version.onnx_key,
+        "application/octet-stream",
+        f"{detector_id}-v{number}.onnx",
     )
 
 
@@ -109,12 +110,11 @@ def version_attachment(
     name: str,
     services: Annotated[Services, Depends(get_services)],
     project: Project,
-) -> FileResponse:
+):
     if name not in ATTACHMENTS:
         raise DetectorNotFoundError(f"versions have no file {name!r}")
     version = services.detectors.version(detector_id, number, project)
     key = services.detectors.attachment_key(detector_id, version.id, name)
-    path = services.detectors.blobs.path(key)
-    if not path.is_file():
+    if not services.detectors.blobs.exists(key):
         raise DetectorNotFoundError(f"version {number} has no {name} (it was imported)")
-    return FileResponse(path, media_type=ATTACHMENTS[name])
+    return blob_response(services.detectors.blobs, key, ATTACHMENTS[name])

@@ -12,6 +12,7 @@ from catalog.blobstore import LocalBlobStore
 from catalog.db import Database
 from catalog.errors import DetectorNotFoundError
 from catalog.models import DetectorRecord, DetectorVersionRecord, new_id
+from catalog.names import check_name
 from inference.format import DetectorSpec
 
 
@@ -23,6 +24,7 @@ class DetectorCatalog:
     def create(
         self, name: str, classes: list[str], colors: list[str] | None = None
     ) -> DetectorRecord:
+        name = check_name(name, "detector name")
         record = DetectorRecord(id=new_id(), name=name, classes=classes, colors=colors)
         with self.db.transaction() as session:
             session.add(record)

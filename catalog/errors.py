@@ -29,3 +29,7 @@ class DetectorNotFoundError(NotFoundError):
 
 class ExportNotFoundError(NotFoundError):
     """No export with that id."""
+
+
+class InvalidNameError(TileDetectError, ValueError):
+    """A display name that cannot be stored or shown (empty, too long, control characters)."""

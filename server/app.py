@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -61,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(images.jobs_router)
     app.include_router(
-        imagery.imagery_factory().router, prefix=imagery.IMAGE_PREFIX, tags=["imagery tiles"]
+        imagery.imagery_factory().router,
+        prefix=imagery.IMAGE_PREFIX,
+        tags=["imagery tiles"],
+        dependencies=[Depends(imagery.bounded_request)],
     )
     app.include_router(detections.router)
     app.include_router(exports.router)

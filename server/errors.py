@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from morecantile.errors import InvalidZoomError, TileArgParsingError
+from rio_tiler.errors import PointOutsideBounds
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
-from catalog.errors import ConflictError, ImageNotReadyError, NotFoundError
+from catalog.errors import ConflictError, ImageNotReadyError, InvalidNameError, NotFoundError
 from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
-from tiles.errors import InvalidImageError
+from tiles.errors import InvalidImageError, InvalidTileRequestError, OutsideGridError
 from trainer.annotations import AnnotationError
 
 
@@ -28,10 +29,14 @@ STATUS_CODES: dict[type[Exception], int] = {
     NotFoundError: status.HTTP_404_NOT_FOUND,
     ImageNotReadyError: status.HTTP_409_CONFLICT,
     ConflictError: status.HTTP_409_CONFLICT,
+    InvalidNameError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidDetectorError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     IncompatibleImageError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidZoomError: status.HTTP_404_NOT_FOUND,
+    OutsideGridError: status.HTTP_404_NOT_FOUND,
+    PointOutsideBounds: status.HTTP_404_NOT_FOUND,
+    InvalidTileRequestError: status.HTTP_400_BAD_REQUEST,
     TileArgParsingError: status.HTTP_400_BAD_REQUEST,
     ExportInputError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     AnnotationError: status.HTTP_422_UNPROCESSABLE_CONTENT,

@@ -55,7 +55,15 @@ def build_services(settings: Settings) -> Services:
     blobs = LocalBlobStore(settings.blob_dir)
     images = ImageCatalog(db, blobs)
     jobs = JobStore(db)
-    ingestor = Ingestor(images, jobs, SourceLimits(max_bands=settings.max_image_bands))
+    ingestor = Ingestor(
+        images,
+        jobs,
+        SourceLimits(
+            max_bands=settings.max_image_bands,
+            max_pixels=settings.max_image_pixels,
+            max_expansion=settings.max_image_expansion,
+        ),
+    )
     detectors = DetectorCatalog(db, blobs)
     engine = DetectionEngine(
         ProbabilityCache(settings.detection_cache_dir, settings.detection_cache_bytes),

@@ -27,3 +27,11 @@ class UnsupportedLayoutError(InvalidImageError):
 
 class CorruptImageError(InvalidImageError):
     """The header is readable but pixel data is missing or broken (e.g. a truncated upload)."""
+
+
+class InvalidTileRequestError(TileDetectError, ValueError):
+    """Tile or image-data parameters that cannot be served (too large, out of range, NaN)."""
+
+
+class OutsideGridError(TileDetectError, LookupError):
+    """Tile coordinates that the tile matrix set does not have at that zoom."""

@@ -13,7 +13,11 @@ from catalog.ingest import recover_interrupted
 from inference.session import available_providers
 from server.background import BackgroundRunner
 from server.errors import install_error_handlers
-from server.middleware import CacheHeadersMiddleware, TileScaleSuffixMiddleware
+from server.middleware import (
+    CacheHeadersMiddleware,
+    JsonBodyLimitMiddleware,
+    TileScaleSuffixMiddleware,
+)
 from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
@@ -26,6 +30,8 @@ _IMAGE_DATA = r"^/api/images/[^/]+/(tiles/|preview|bbox/|feature|point/|info|sta
 _IMAGE_DATA += r"[^/]+/tilejson\.json|WMTSCapabilities\.xml)"
 # Detection tiles revalidate: the latest version changes when a detector is retrained.
 _IMAGE_DATA += r"|^/api/detectors/[^/]+/images/[^/]+/"
+# Multipart uploads stream to disk under TILEDETECT_MAX_UPLOAD_BYTES (server/uploads.py).
+_STREAMED_UPLOADS = r"^/api/(images|detectors/import)/?$"
 _LONG_LIVED = r"^/api/images/[^/]+/(tiles/|preview)"
 
 
@@ -95,4 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=settings.tile_cache_seconds,
     )
     app.add_middleware(TileScaleSuffixMiddleware)
+    app.add_middleware(
+        JsonBodyLimitMiddleware, max_bytes=settings.max_json_bytes, uploads=_STREAMED_UPLOADS
+    )
     return app

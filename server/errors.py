@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from morecantile.errors import InvalidZoomError, TileArgParsingError
 from rio_tiler.errors import PointOutsideBounds
 from starlette import status
@@ -47,8 +53,23 @@ STATUS_CODES: dict[type[Exception], int] = {
 def install_error_handlers(app: FastAPI) -> None:
     add_exception_handlers(app, STATUS_CODES)
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc: RequestValidationError):
+        # Python's json reads NaN and Infinity; strict JSON cannot echo them back in the errors.
+        detail = _finite(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.exception_handler(UploadError)
     async def _upload_error(_request, exc: UploadError):
-        from fastapi.responses import JSONResponse
-
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
+def _finite(value: Any) -> Any:
+    """Non-finite floats as the strings Python spells them ('nan', 'inf'), for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

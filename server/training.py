@@ -16,6 +16,7 @@ from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore
 from catalog.models import DetectorRecord, JobRecord
+from catalog.names import check_name
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
@@ -57,7 +58,7 @@ class TrainingService:
     def create_detector(
         self, name: str, classes: list[str], colors: list[str] | None = None
     ) -> DetectorRecord:
-        cleaned = [c.strip() for c in classes]
+        cleaned = [check_name(c, "class name") if c.strip() else "" for c in classes]
         if not cleaned or len(cleaned) > MAX_CLASSES:
             raise AnnotationError(f"a detector needs 1 to {MAX_CLASSES} classes")
         if any(not c or len(c) > 64 for c in cleaned) or len(set(cleaned)) != len(cleaned):

@@ -42,15 +42,15 @@ def check_band_indexes(indexes: Iterable[int], count: int) -> None:
 
 
 def check_coordinates(values: Iterable[float], geographic: bool) -> None:
-    """Coordinates must be finite numbers; longitude/latitude also within WGS84's range."""
+    """Coordinates (x, y pairs) must be finite; longitude/latitude also within WGS84's range."""
     values = list(values)
-    if not all(math.isfinite(v) for v in values):
-        raise InvalidTileRequestError(f"coordinates must be finite numbers, not {values}")
-    if geographic:
-        longitudes, latitudes = values[0::2], values[1::2]
-        if any(abs(x) > 180 for x in longitudes) or any(abs(y) > 90 for y in latitudes):
+    for x, y in zip(values[0::2], values[1::2], strict=False):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InvalidTileRequestError(f"coordinates must be finite numbers, not [{x}, {y}]")
+        if geographic and (abs(x) > 180 or abs(y) > 90):
             raise InvalidTileRequestError(
-                f"coordinates {values} are outside WGS84 (longitude -180..180, latitude -90..90)"
+                f"coordinates [{x:g}, {y:g}] are outside WGS84 (longitude -180..180, "
+                "latitude -90..90)"
             )
 
 
@@ -60,4 +60,49 @@ def check_tile_in_grid(tms: morecantile.TileMatrixSet, z: int, x: int, y: int) -
         raise OutsideGridError(
             f"tile {z}/{x}/{y} is outside the {tms.id} grid: at zoom {z} x is 0 to "
             f"{matrix.matrixWidth - 1} and y is 0 to {matrix.matrixHeight - 1}"
+        )
+
+
+# A feature posted to /feature or /statistics: as many vertices as an AOI may have.
+MAX_FEATURE_VERTICES = 100_000
+
+
+def feature_bounds(geojson: object, geographic: bool) -> tuple[float, float, float, float]:
+    """The bounds of a posted GeoJSON Feature / FeatureCollection / geometry, after checking
+    every position (finite, WGS84 where geographic) and the vertex count, cheaply in Python."""
+    positions: list[list[float]] = []
+
+    def walk(value: object, depth: int = 0) -> None:
+        if depth > 6:
+            raise InvalidTileRequestError("the GeoJSON is nested too deeply")
+        if isinstance(value, dict):
+            for key in ("features", "geometry", "geometries", "coordinates"):
+                if key in value:
+                    walk(value[key], depth + 1)
+        elif isinstance(value, list):
+            if value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                positions.append(value)  # type: ignore[arg-type]
+                if len(positions) > MAX_FEATURE_VERTICES:
+                    raise InvalidTileRequestError(
+                        f"the GeoJSON has more than {MAX_FEATURE_VERTICES} vertices; simplify it"
+                    )
+            else:
+                for item in value:
+                    walk(item, depth + 1)
+
+    walk(geojson)
+    if not positions:
+        raise InvalidTileRequestError("the GeoJSON has no coordinates")
+    flat = [v for p in positions for v in p[:2]]
+    check_coordinates(flat, geographic)
+    xs, ys = flat[0::2], flat[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def check_extent_px(width_px: float, height_px: float) -> None:
+    if max(width_px, height_px) > MAX_OUTPUT_SIDE:
+        raise InvalidTileRequestError(
+            f"the feature covers {width_px:.0f}x{height_px:.0f} px at the image's resolution; "
+            f"outputs are at most {MAX_OUTPUT_SIDE} px per side: pass max_size (or width and "
+            "height)"
         )

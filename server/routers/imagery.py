@@ -9,7 +9,10 @@ from typing import Annotated
 import morecantile
 from fastapi import Depends, Path, Request
 from morecantile.errors import InvalidZoomError
+from rasterio.errors import CRSError
+from rasterio.warp import transform_bounds
 from rio_tiler.io import Reader
+from starlette.concurrency import run_in_threadpool
 from titiler.core.factory import TilerFactory
 from titiler.extensions.wmts import wmtsExtension
 
@@ -17,9 +20,11 @@ from server.dependencies import image_cog_path
 from tiles.requests import (
     check_band_indexes,
     check_coordinates,
+    check_extent_px,
     check_margin,
     check_output_side,
     check_tile_in_grid,
+    feature_bounds,
 )
 
 IMAGE_PREFIX = "/api/images/{image_id}"
@@ -66,7 +71,7 @@ _SIDES = ("tilesize", "width", "height", "max_size")
 _MARGINS = ("buffer", "padding")
 
 
-def bounded_request(request: Request) -> None:
+async def bounded_request(request: Request) -> None:
     """Every imagery route: refuse sizes, band indexes and coordinates that cannot be served,
     before titiler reads anything. Values that do not parse are left to titiler's validation."""
     query, path = request.query_params, request.path_params
@@ -82,13 +87,39 @@ def bounded_request(request: Request) -> None:
         if value is not None:
             check_margin(name, value, tilesize)
     indexes = [int(v) for v in query.getlist("bidx") if v.lstrip("-").isdigit()]
-    if indexes and "image_id" in path:
-        image = request.app.state.services.images.get(path["image_id"])
+    posted = request.method == "POST" and "image_id" in path
+    image = None
+    if (indexes or posted) and "image_id" in path:
+        image = await run_in_threadpool(request.app.state.services.images.get, path["image_id"])
+    if indexes and image is not None:
         check_band_indexes(indexes, (image.meta or {}).get("count", 0))
+    if posted and image is not None:
+        await _check_posted_feature(request, image.meta or {}, query)
     names = ("lon", "lat") if "lon" in path else ("minx", "miny", "maxx", "maxy")
     coordinates = [_number(path[k]) for k in names if k in path]
     if coordinates and None not in coordinates:
         check_coordinates(coordinates, geographic="coord_crs" not in query)
+
+
+async def _check_posted_feature(request: Request, meta: dict, query) -> None:
+    """A posted feature's positions, and the size it reads at the image's resolution unless the
+    request bounds the output."""
+    try:
+        geojson = await request.json()
+    except ValueError:
+        return  # titiler answers malformed JSON itself
+    coord_crs = query.get("coord_crs")
+    bounds = feature_bounds(geojson, geographic=coord_crs is None)
+    if any(k in query for k in ("max_size", "width", "height")) or not meta.get("crs_wkt"):
+        return
+    try:
+        west, south, east, north = transform_bounds(
+            coord_crs or "EPSG:4326", meta["crs_wkt"], *bounds
+        )
+    except (CRSError, ValueError):
+        return  # titiler names an unknown coord_crs
+    res_x, res_y = meta["resolution"]
+    check_extent_px((east - west) / res_x, (north - south) / res_y)
 
 
 def _number(raw: str | None) -> float | None:

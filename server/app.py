@@ -18,6 +18,7 @@ from server.middleware import (
     JsonBodyLimitMiddleware,
     TileScaleSuffixMiddleware,
 )
+from server.openapi import install_openapi
 from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
 
     app.include_router(images.router)
     app.include_router(images.jobs_router)

@@ -10,6 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from morecantile.errors import InvalidZoomError, TileArgParsingError
+from rasterio.errors import RasterioIOError
 from rio_tiler.errors import PointOutsideBounds
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
@@ -18,7 +19,7 @@ from catalog.errors import ConflictError, ImageNotReadyError, InvalidNameError, 
 from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
-from tiles.errors import InvalidImageError, InvalidTileRequestError, OutsideGridError
+from tiles.errors import InvalidImageError, InvalidTileRequestError, OutsideGridError, gdal_reason
 from trainer.annotations import AnnotationError
 
 
@@ -58,6 +59,20 @@ def install_error_handlers(app: FastAPI) -> None:
         # Python's json reads NaN and Infinity; strict JSON cannot echo them back in the errors.
         detail = _finite(jsonable_encoder(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(RasterioIOError)
+    async def _unreadable_image(request, exc: RasterioIOError):
+        # Only catalogue COGs are ever opened, so this is damage on the server's side (5xx), but
+        # it says which image and what GDAL found instead of rasterio's "Read failed".
+        image_id = request.path_params.get("image_id")
+        what = f"the stored data of image {image_id}" if image_id else "the stored data"
+        return JSONResponse(
+            {
+                "detail": f"{what} cannot be read ({gdal_reason(exc)}); the file may be "
+                "damaged: delete the image and ingest it again"
+            },
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request, exc: UploadError):

@@ -21,6 +21,7 @@ from tiles.errors import (
     NotGeoreferencedError,
     UnsupportedFormatError,
     UnsupportedLayoutError,
+    gdal_reason,
 )
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -64,7 +65,9 @@ def inspect_source(path: str | Path, limits: SourceLimits = SourceLimits()) -> S
     try:
         src = rasterio.open(path)
     except RasterioError as exc:
-        raise NotARasterError(f"not a raster file GDAL can read ({_reason(exc, path)})") from exc
+        raise NotARasterError(
+            f"not a raster file GDAL can read ({gdal_reason(exc, path)})"
+        ) from exc
     with src:
         if src.driver not in ACCEPTED_DRIVERS:
             raise UnsupportedFormatError(
@@ -185,17 +188,5 @@ def _check_pixels_readable(src: rasterio.DatasetReader, path: str | Path) -> Non
     except RasterioError as exc:
         raise CorruptImageError(
             "the pixel data cannot be read; the file may be truncated or corrupt "
-            f"({_reason(exc, path)})"
+            f"({gdal_reason(exc, path)})"
         ) from exc
-
-
-def _reason(exc: BaseException, path: str | Path) -> str:
-    """GDAL's own words, from the innermost error (rasterio's outer one says only 'Read
-    failed'), without the server-side path of the upload."""
-    while exc.__cause__ is not None and str(exc.__cause__).strip():
-        exc = exc.__cause__
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    for form in (f"'{path}' ", f"{path}: ", str(path)):
-        line = line.replace(form, "")
-    return line.strip()[:300]

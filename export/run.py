@@ -81,18 +81,23 @@ def aoi_in_image_crs(aoi_wgs84: dict | None, meta: dict) -> BaseGeometry | None:
         geometry = _geometry_of(aoi_wgs84, _VertexBudget())
     except ExportInputError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.ShapelyError) as exc:
         raise ExportInputError(f"the AOI is not a GeoJSON polygon: {exc}") from exc
     if geometry.geom_type not in ("Polygon", "MultiPolygon"):
         raise ExportInputError(
             f"the AOI must be a Polygon or MultiPolygon, not {geometry.geom_type}"
         )
+    if geometry.is_empty:
+        raise ExportInputError("the AOI is empty: it has no area")
     if not geometry.is_valid:
         raise ExportInputError(f"the AOI geometry is invalid: {shapely.is_valid_reason(geometry)}")
     west, south, east, north = geometry.bounds
     if west < -180 or east > 180 or south < -90 or north > 90:
         raise ExportInputError("the AOI has coordinates outside WGS84 longitude/latitude")
-    local = shape(transform_geom("EPSG:4326", meta["crs_wkt"], mapping(geometry)))
+    try:
+        local = shape(transform_geom("EPSG:4326", meta["crs_wkt"], mapping(geometry)))
+    except ValueError as exc:  # a polar or antimeridian AOI the image's CRS cannot hold
+        raise ExportInputError(f"the AOI cannot be placed on the image: {exc}") from exc
     if not local.intersects(box(*meta["bounds"])):
         raise ExportInputError("the AOI does not overlap the image")
     return local

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from morecantile.errors import InvalidZoomError, TileArgParsingError
 from rasterio.errors import RasterioIOError
-from rio_tiler.errors import PointOutsideBounds
+from rio_tiler.errors import InvalidBufferSize, PointOutsideBounds
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
@@ -43,6 +43,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     InvalidZoomError: status.HTTP_404_NOT_FOUND,
     OutsideGridError: status.HTTP_404_NOT_FOUND,
     PointOutsideBounds: status.HTTP_404_NOT_FOUND,
+    InvalidBufferSize: status.HTTP_400_BAD_REQUEST,
     InvalidTileRequestError: status.HTTP_400_BAD_REQUEST,
     TileArgParsingError: status.HTTP_400_BAD_REQUEST,
     ExportInputError: status.HTTP_422_UNPROCESSABLE_CONTENT,

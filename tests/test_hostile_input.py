@@ -492,10 +492,19 @@ def test_control_characters_in_names_are_refused(client, settings, tmp_path, rgb
         assert "control character" in response.json()["detail"]
     assert_nothing_stored(client, settings)
     assert client.get("/api/detectors").json() == []
-    nul_filename = client.post(
-        "/api/detectors/import", files={"file": ("a\x00.onnx", onnx.read_bytes())}
+    # By hand: httpx would percent-encode the NUL of a filename.
+    raw = (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a\x00.onnx"\r\n\r\n'
+        + onnx.read_bytes()
+        + b"\r\n--xyz--\r\n"
     )
-    assert nul_filename.status_code == 400 and "control characters" in nul_filename.json()["detail"]
+    nul_filename = client.post(
+        "/api/detectors/import",
+        content=raw,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert nul_filename.status_code == 400, nul_filename.text
+    assert "control characters" in nul_filename.json()["detail"]
     traversal = client.post(
         "/api/detectors/import", files={"file": ("../../model.onnx", onnx.read_bytes())}
     )

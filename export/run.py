@@ -137,10 +137,10 @@ def _geometry_of(geojson: dict, budget: _VertexBudget) -> BaseGeometry:
 def _check_rings(rings: list, budget: _VertexBudget) -> None:
     """Each ring a closed list of finite [lon, lat] positions (shapely would silently close an
     open ring, and NaN makes GEOS fail with a message about something else)."""
-    if not isinstance(rings, list):
+    if not isinstance(rings, list | tuple):
         raise ExportInputError("the AOI polygon's coordinates must be a list of rings")
     for ring in rings:
-        if not isinstance(ring, list) or not all(isinstance(p, list) for p in ring):
+        if not isinstance(ring, list | tuple) or not all(isinstance(p, list | tuple) for p in ring):
             raise ExportInputError(
                 "the AOI is wrongly nested: a polygon is a list of rings, each a list of "
                 "[lon, lat] positions"
@@ -157,7 +157,7 @@ def _check_rings(rings: list, budget: _VertexBudget) -> None:
                 )
         if len(ring) < 4:
             raise ExportInputError("an AOI ring needs at least 4 positions (the first repeated)")
-        if ring[0] != ring[-1]:
+        if list(ring[0]) != list(ring[-1]):
             raise ExportInputError(
                 "an AOI ring is not closed: its last position must repeat its first"
             )

@@ -31,7 +31,7 @@ from tests.test_bad_input import assert_nothing_stored, assert_still_serving, po
 pytestmark = pytest.mark.filterwarnings("ignore::rio_tiler.errors.NoOverviewWarning")
 
 # Header checks answer at once; reading what these files declare would take hours or all memory.
-CHEAP_S = 10.0
+CHEAP_S = 20.0
 
 
 def stored_files(settings: Settings) -> list[Path]:
@@ -364,7 +364,7 @@ def test_a_million_vertices_are_refused_quickly(client, layer):
     for method, url, value in targets:
         started = time.monotonic()
         response = send_json(client, method, url, value)
-        assert time.monotonic() - started < 30  # parsing 25 MB of JSON dominates
+        assert time.monotonic() - started < 60  # parsing 20 MB of JSON dominates (~1 s idle)
         assert response.status_code in (400, 422), (url, response.text)
         assert "100000 vertices" in response.json()["detail"]
     assert client.get("/api/exports").json() == []

@@ -11,6 +11,7 @@ from catalog.blobstore import BlobStore
 from catalog.db import Database
 from catalog.errors import DetectorNotFoundError
 from catalog.models import DEFAULT_PROJECT, DetectorRecord, DetectorVersionRecord, new_id
+from catalog.names import check_name
 from catalog.projects import scoped, visible
 from inference.format import DetectorSpec
 
@@ -27,6 +28,7 @@ class DetectorCatalog:
         colors: list[str] | None = None,
         project: str = DEFAULT_PROJECT,
     ) -> DetectorRecord:
+        name = check_name(name, "detector name")
         record = DetectorRecord(
             id=new_id(), name=name, classes=classes, colors=colors, project_id=project
         )

@@ -38,3 +38,7 @@ class AuthenticationError(TileDetectError):
 class RemoteCogRefusedError(TileDetectError):
     """A remote COG URL this server may not read: the feature is off, the host is not on the
     allow-list, or the URL redirects."""
+
+
+class InvalidNameError(TileDetectError, ValueError):
+    """A display name that cannot be stored or shown (empty, too long, control characters)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore, process_owner
 from catalog.models import DEFAULT_PROJECT, ImageRecord
+from catalog.names import check_name
 from tiles.cog import write_cog
 from tiles.metadata import describe_cog
 from tiles.source import SourceInfo, SourceLimits, inspect_source
@@ -55,6 +56,7 @@ class Ingestor:
         """Validate and create the records. Raises InvalidImageError, storing nothing."""
         source = Path(source)
         try:
+            name = check_name(name, "image name")
             info = inspect_source(source, self.limits)
         except Exception:
             if remove_source:

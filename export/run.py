@@ -7,6 +7,7 @@ under its final name only once complete.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import rasterio
 import shapely
+import shapely.errors
 from pyproj import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
@@ -32,6 +34,10 @@ from tiles.metadata import ground_sample_distance
 
 class ExportInputError(ValueError):
     """An export that cannot start as asked (AOI, format, bands); nothing has been started."""
+
+
+# The AOI is one area, not a label set: the annotations' total is plenty.
+MAX_AOI_VERTICES = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,34 +78,89 @@ def aoi_in_image_crs(aoi_wgs84: dict | None, meta: dict) -> BaseGeometry | None:
     if aoi_wgs84 is None:
         return None
     try:
-        geometry = _geometry_of(aoi_wgs84)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        geometry = _geometry_of(aoi_wgs84, _VertexBudget())
+    except ExportInputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.ShapelyError) as exc:
         raise ExportInputError(f"the AOI is not a GeoJSON polygon: {exc}") from exc
     if geometry.geom_type not in ("Polygon", "MultiPolygon"):
         raise ExportInputError(
             f"the AOI must be a Polygon or MultiPolygon, not {geometry.geom_type}"
         )
+    if geometry.is_empty:
+        raise ExportInputError("the AOI is empty: it has no area")
     if not geometry.is_valid:
         raise ExportInputError(f"the AOI geometry is invalid: {shapely.is_valid_reason(geometry)}")
     west, south, east, north = geometry.bounds
     if west < -180 or east > 180 or south < -90 or north > 90:
         raise ExportInputError("the AOI has coordinates outside WGS84 longitude/latitude")
-    local = shape(transform_geom("EPSG:4326", meta["crs_wkt"], mapping(geometry)))
+    try:
+        local = shape(transform_geom("EPSG:4326", meta["crs_wkt"], mapping(geometry)))
+    except ValueError as exc:  # a polar or antimeridian AOI the image's CRS cannot hold
+        raise ExportInputError(f"the AOI cannot be placed on the image: {exc}") from exc
     if not local.intersects(box(*meta["bounds"])):
         raise ExportInputError("the AOI does not overlap the image")
     return local
 
 
-def _geometry_of(geojson: dict) -> BaseGeometry:
+class _VertexBudget:
+    """Counts positions over the whole AOI, so a huge one is refused before GEOS builds it."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        if self.used > MAX_AOI_VERTICES:
+            raise ExportInputError(
+                f"the AOI has more than {MAX_AOI_VERTICES} vertices; simplify it"
+            )
+
+
+def _geometry_of(geojson: dict, budget: _VertexBudget) -> BaseGeometry:
     kind = geojson["type"]
     if kind == "FeatureCollection":
-        parts = [_geometry_of(f) for f in geojson["features"]]
+        parts = [_geometry_of(f, budget) for f in geojson["features"]]
         if not parts:
             raise ValueError("the FeatureCollection is empty")
         return shapely.union_all(parts)
     if kind == "Feature":
-        return _geometry_of(geojson["geometry"])
+        return _geometry_of(geojson["geometry"], budget)
+    if kind == "Polygon":
+        _check_rings(geojson["coordinates"], budget)
+    elif kind == "MultiPolygon":
+        for polygon in geojson["coordinates"]:
+            _check_rings(polygon, budget)
     return shape(geojson)
+
+
+def _check_rings(rings: list, budget: _VertexBudget) -> None:
+    """Each ring a closed list of finite [lon, lat] positions (shapely would silently close an
+    open ring, and NaN makes GEOS fail with a message about something else)."""
+    if not isinstance(rings, list | tuple):
+        raise ExportInputError("the AOI polygon's coordinates must be a list of rings")
+    for ring in rings:
+        if not isinstance(ring, list | tuple) or not all(isinstance(p, list | tuple) for p in ring):
+            raise ExportInputError(
+                "the AOI is wrongly nested: a polygon is a list of rings, each a list of "
+                "[lon, lat] positions"
+            )
+        budget.spend(len(ring))
+        for position in ring:
+            if len(position) < 2 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in position
+            ):
+                raise ExportInputError(f"the AOI position {position!r} is not [lon, lat]")
+            if not all(math.isfinite(v) for v in position):
+                raise ExportInputError(
+                    f"the AOI position {position!r} is not a finite number pair (NaN or infinity)"
+                )
+        if len(ring) < 4:
+            raise ExportInputError("an AOI ring needs at least 4 positions (the first repeated)")
+        if list(ring[0]) != list(ring[-1]):
+            raise ExportInputError(
+                "an AOI ring is not closed: its last position must repeat its first"
+            )
 
 
 def plan_cells(

@@ -59,6 +59,7 @@ def load_detector(
             session = ort.InferenceSession(str(path), options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.replace(f"from {path} ", "").replace(str(path), "the file")
         raise InvalidDetectorError(f"not a loadable ONNX model ({first[:300]})") from exc
     spec = spec_from_metadata(session.get_modelmeta().custom_metadata_map)
     inputs, outputs = session.get_inputs(), session.get_outputs()

@@ -17,8 +17,10 @@ from server.errors import install_error_handlers
 from server.middleware import (
     CacheHeadersMiddleware,
     DocumentTokenMiddleware,
+    JsonBodyLimitMiddleware,
     TileScaleSuffixMiddleware,
 )
+from server.openapi import install_openapi
 from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
@@ -31,6 +33,8 @@ _IMAGE_DATA = r"^/api/images/[^/]+/(tiles/|preview|bbox/|feature|point/|info|sta
 _IMAGE_DATA += r"[^/]+/tilejson\.json|WMTSCapabilities\.xml)"
 # Detection tiles revalidate: the latest version changes when a detector is retrained.
 _IMAGE_DATA += r"|^/api/detectors/[^/]+/images/[^/]+/"
+# Multipart uploads stream to disk under TILEDETECT_MAX_UPLOAD_BYTES (server/uploads.py).
+_STREAMED_UPLOADS = r"^/api/(images|detectors/import)/?$"
 _LONG_LIVED = r"^/api/images/[^/]+/(tiles/|preview)"
 
 
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
 
     # Every router acts in the caller's project; /healthz, the docs and the web app's files
     # stay public.
@@ -83,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         imagery.imagery_factory().router,
         prefix=imagery.IMAGE_PREFIX,
         tags=["imagery tiles"],
-        dependencies=scoped,
+        dependencies=[*scoped, Depends(imagery.bounded_request)],
     )
     app.include_router(detections.router, dependencies=scoped)
     app.include_router(exports.router, dependencies=scoped)
@@ -117,4 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.auth:
         app.add_middleware(DocumentTokenMiddleware)
     app.add_middleware(TileScaleSuffixMiddleware)
+    app.add_middleware(
+        JsonBodyLimitMiddleware, max_bytes=settings.max_json_bytes, uploads=_STREAMED_UPLOADS
+    )
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from urllib.parse import parse_qsl, urlencode
 
@@ -131,3 +132,78 @@ class CacheHeadersMiddleware:
 def _if_none_match(scope: Scope) -> set[str]:
     value = Headers(scope=scope).get("if-none-match", "")
     return {tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip()}
+
+
+class JsonBodyLimitMiddleware:
+    """Request bodies outside the streamed uploads (which enforce their own, larger limit) must
+    be JSON and at most `max_bytes`.
+
+    The body is read here first, up to the limit (checked on the declared Content-Length and on
+    the bytes as they arrive, so a chunked body cannot slip past), then handed on whole: the
+    endpoint never sees more than `max_bytes`, and nothing has started when the 413 goes out.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: str) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.uploads = re.compile(uploads)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
+            or self.uploads.search(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _refuse(send, 413, self._too_large())
+            return
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                await _refuse(send, 413, self._too_large())
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and not (media_type == "application/json" or media_type.endswith("+json")):
+            await _refuse(
+                send,
+                415,
+                f"send the request body as JSON (Content-Type: application/json), not "
+                f"{media_type or 'without a content type'}",
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return (
+            f"the request body is larger than the limit of {self.max_bytes} bytes "
+            "(TILEDETECT_MAX_JSON_BYTES)"
+        )
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -75,7 +75,11 @@ def build_services(settings: Settings) -> Services:
     blobs = open_blob_store_for(settings)
     images = ImageCatalog(db, blobs)
     jobs = JobStore(db)
-    limits = SourceLimits(max_bands=settings.max_image_bands)
+    limits = SourceLimits(
+        max_bands=settings.max_image_bands,
+        max_pixels=settings.max_image_pixels,
+        max_expansion=settings.max_image_expansion,
+    )
     ingestor = Ingestor(images, jobs, limits)
     detectors = DetectorCatalog(db, blobs)
     engine = DetectionEngine(

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     static_dir: Path = Field(_CHECKOUT_STATIC, description="The web app's files.")
     max_upload_bytes: int = Field(20 * 1024**3, description="Largest accepted upload, in bytes.")
     max_image_bands: int = 32
+    max_image_pixels: int = Field(
+        25_000_000_000, ge=1, description="Largest width x height an upload may declare."
+    )
+    max_image_expansion: float = Field(
+        10_000.0,
+        gt=0,
+        description="Most decoded bytes per file byte (above 1 GiB decoded): decompression bombs.",
+    )
+    max_json_bytes: int = Field(
+        32 * 1024**2, ge=1024, description="Largest JSON request body (annotations, exports)."
+    )
     ingest_workers: int = Field(1, ge=1, description="Concurrent background ingests.")
     tile_cache_seconds: int = Field(
         86400, description="Cache-Control max-age for tiles; an image id's pixels never change."

@@ -15,6 +15,7 @@ from catalog.detectors import DetectorCatalog
 from catalog.images import ImageCatalog
 from catalog.jobs import JobStore
 from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord
+from catalog.names import check_name
 from catalog.projects import owner
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
@@ -61,7 +62,7 @@ class TrainingService:
         colors: list[str] | None = None,
         project: str = DEFAULT_PROJECT,
     ) -> DetectorRecord:
-        cleaned = [c.strip() for c in classes]
+        cleaned = [check_name(c, "class name") if c.strip() else "" for c in classes]
         if not cleaned or len(cleaned) > MAX_CLASSES:
             raise AnnotationError(f"a detector needs 1 to {MAX_CLASSES} classes")
         if any(not c or len(c) > 64 for c in cleaned) or len(set(cleaned)) != len(cleaned):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -44,12 +45,16 @@ def write_cog(
     # JPEG has no alpha channel: an alpha band becomes an internal mask instead.
     jpeg_with_alpha = info.is_rgb8 and info.has_alpha
     sink = _ClickProgressSink(progress) if progress else None
+    # NaN is never a measurement: a float image without a nodata value gets NaN as its nodata,
+    # so NaN pixels are masked in tiles and left out of statistics.
+    nodata = math.nan if info.dtype.startswith("float") and info.nodata is None else None
     cog_translate(
         str(source),
         str(destination),
         profile,
         indexes=(1, 2, 3) if jpeg_with_alpha else None,
         add_mask=jpeg_with_alpha,
+        nodata=nodata,
         overview_resampling="average",
         in_memory=False,
         quiet=sink is None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Interleaving
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -20,6 +21,7 @@ from tiles.errors import (
     NotGeoreferencedError,
     UnsupportedFormatError,
     UnsupportedLayoutError,
+    gdal_reason,
 )
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -28,8 +30,16 @@ ACCEPTED_DRIVERS = ("GTiff", "COG")
 
 @dataclass(frozen=True)
 class SourceLimits:
+    """What an upload may declare in its header; checked before a single pixel is decoded."""
+
     max_bands: int = 32
-    max_side: int = 500_000  # pixels; a 50000x50000 mosaic is routine, this is 100x that area
+    max_side: int = 500_000  # pixels; a 50000x50000 mosaic is routine
+    max_pixels: int = 25_000_000_000  # width x height: 10x a routine 50000x50000 mosaic
+    # Decoded bytes per byte of file. Real imagery compresses 2-30x, mostly empty mosaics about
+    # 1000x (deflate's ceiling); tiles sharing one block or sparse files declare far more.
+    max_expansion: float = 10_000.0
+    expansion_floor_bytes: int = 1024**3  # small images may expand as they like
+    max_block_bytes: int = 512 * 1024**2  # one decoded strip/tile: what a single read costs
 
 
 @dataclass(frozen=True)
@@ -55,16 +65,22 @@ def inspect_source(path: str | Path, limits: SourceLimits = SourceLimits()) -> S
     try:
         src = rasterio.open(path)
     except RasterioError as exc:
-        raise NotARasterError(f"not a raster file GDAL can read ({_first_line(exc)})") from exc
+        raise NotARasterError(
+            f"not a raster file GDAL can read ({gdal_reason(exc, path)})"
+        ) from exc
     with src:
         if src.driver not in ACCEPTED_DRIVERS:
             raise UnsupportedFormatError(
                 f"only GeoTIFF is accepted, this file is {src.driver}; convert it with "
                 "gdal_translate -of GTiff"
             )
-        _check_georeference(src)
+        # Header checks first: they cost nothing however large the image claims to be, and they
+        # bound what the pixel check reads. A truncated header shows up as unreadable pixels
+        # before its missing georeference keys are blamed.
         _check_layout(src, limits)
-        _check_pixels_readable(src)
+        _check_declared_size(src, Path(path).stat().st_size, limits)
+        _check_pixels_readable(src, path)
+        _check_georeference(src)
         has_alpha = ColorInterp.alpha in src.colorinterp
         return SourceInfo(
             width=src.width,
@@ -116,7 +132,46 @@ def _check_layout(src: rasterio.DatasetReader, limits: SourceLimits) -> None:
         )
 
 
-def _check_pixels_readable(src: rasterio.DatasetReader) -> None:
+def _check_declared_size(
+    src: rasterio.DatasetReader, file_bytes: int, limits: SourceLimits
+) -> None:
+    """Refuse what would take hours or all memory to decode, judged from the header alone."""
+    pixels = src.width * src.height
+    if pixels > limits.max_pixels:
+        raise UnsupportedLayoutError(
+            f"the image is {src.width}x{src.height} px ({pixels:.3g} pixels); at most "
+            f"{limits.max_pixels:.3g} pixels are supported"
+        )
+    itemsize = np.dtype(src.dtypes[0]).itemsize
+    block_h, block_w = src.block_shapes[0]
+    planes = src.count if src.interleaving != Interleaving.band else 1
+    block = block_h * block_w * planes * itemsize
+    if block > limits.max_block_bytes:
+        raise UnsupportedLayoutError(
+            f"the image is stored in {block_w}x{block_h} px blocks of {_size(block)} each; at "
+            f"most {_size(limits.max_block_bytes)}: rewrite it tiled "
+            "(gdal_translate -co TILED=YES)"
+        )
+
+    decoded = pixels * src.count * itemsize
+    if decoded > limits.expansion_floor_bytes and decoded > limits.max_expansion * file_bytes:
+        raise UnsupportedLayoutError(
+            f"the image declares {_size(decoded)} of pixels in a {_size(file_bytes)} file "
+            f"({decoded / max(file_bytes, 1):.0f} times larger; at most "
+            f"{limits.max_expansion:.0f}): "
+            "a decompression bomb, or a sparse file with most blocks missing"
+        )
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _check_pixels_readable(src: rasterio.DatasetReader, path: str | Path) -> None:
     """Read the first, middle and last blocks: a truncated file fails on the later ones."""
     block_h, block_w = src.block_shapes[0]
     rows = sorted(
@@ -133,9 +188,5 @@ def _check_pixels_readable(src: rasterio.DatasetReader) -> None:
     except RasterioError as exc:
         raise CorruptImageError(
             "the pixel data cannot be read; the file may be truncated or corrupt "
-            f"({_first_line(exc)})"
+            f"({gdal_reason(exc, path)})"
         ) from exc
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -7,13 +7,25 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 import morecantile
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Request
 from morecantile.errors import InvalidZoomError
+from rasterio.errors import CRSError
+from rasterio.warp import transform_bounds
 from rio_tiler.io import Reader
+from starlette.concurrency import run_in_threadpool
 from titiler.core.factory import TilerFactory
 from titiler.extensions.wmts import wmtsExtension
 
 from server.dependencies import image_cog_path
+from tiles.requests import (
+    check_band_indexes,
+    check_coordinates,
+    check_extent_px,
+    check_margin,
+    check_output_side,
+    check_tile_in_grid,
+    feature_bounds,
+)
 
 IMAGE_PREFIX = "/api/images/{image_id}"
 # Any concrete path matching the tile routes selects them for the zoom check.
@@ -29,26 +41,92 @@ def _layer_identifier(cog_path: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _zoom_range(tms_id: str) -> tuple[int, int] | None:
+def _grid(tms_id: str) -> morecantile.TileMatrixSet | None:
     # morecantile's registry deep-copies a grid on every get(): look each one up once.
     if tms_id not in morecantile.tms.list():
         return None
-    grid = morecantile.tms.get(tms_id)
-    return grid.minzoom, grid.maxzoom
+    return morecantile.tms.get(tms_id)
 
 
 async def zoom_in_grid(
     tileMatrixSetId: Annotated[str, Path()],  # noqa: N803 - titiler's path parameter name
     z: Annotated[int, Path()],
+    x: Annotated[int, Path()],
+    y: Annotated[int, Path()],
 ) -> None:
-    """A zoom level the grid does not have gets a message naming the levels it does have."""
-    zooms = _zoom_range(tileMatrixSetId)
-    if zooms is None:
+    """A zoom level or column/row the grid does not have gets a message naming those it has."""
+    grid = _grid(tileMatrixSetId)
+    if grid is None:
         return  # titiler's own validation names the grids it knows
-    if not zooms[0] <= z <= zooms[1]:
+    if not grid.minzoom <= z <= grid.maxzoom:
         raise InvalidZoomError(
-            f"zoom {z} is out of range: {tileMatrixSetId} has zoom levels {zooms[0]} to {zooms[1]}"
+            f"zoom {z} is out of range: {tileMatrixSetId} has zoom levels {grid.minzoom} to "
+            f"{grid.maxzoom}"
         )
+    check_tile_in_grid(grid, z, x, y)
+
+
+# Query parameters that size the output (px per side) or the read around it.
+_SIDES = ("tilesize", "width", "height", "max_size")
+_MARGINS = ("buffer", "padding")
+
+
+async def bounded_request(request: Request) -> None:
+    """Every imagery route: refuse sizes, band indexes and coordinates that cannot be served,
+    before titiler reads anything. Values that do not parse are left to titiler's validation."""
+    query, path = request.query_params, request.path_params
+    sides = {**{k: path[k] for k in ("width", "height") if k in path}}
+    sides |= {k: query[k] for k in _SIDES if k in query}
+    for name, raw in sides.items():
+        value = _number(raw)
+        if value is not None:
+            check_output_side(name, value)
+    tilesize = _number(query.get("tilesize", "256")) or 256
+    for name in _MARGINS:
+        value = _number(query.get(name))
+        if value is not None:
+            check_margin(name, value, tilesize)
+    indexes = [int(v) for v in query.getlist("bidx") if v.lstrip("-").isdigit()]
+    posted = request.method == "POST" and "image_id" in path
+    image = None
+    if (indexes or posted) and "image_id" in path:
+        image = await run_in_threadpool(request.app.state.services.images.get, path["image_id"])
+    if indexes and image is not None:
+        check_band_indexes(indexes, (image.meta or {}).get("count", 0))
+    if posted and image is not None:
+        await _check_posted_feature(request, image.meta or {}, query)
+    names = ("lon", "lat") if "lon" in path else ("minx", "miny", "maxx", "maxy")
+    coordinates = [_number(path[k]) for k in names if k in path]
+    if coordinates and None not in coordinates:
+        check_coordinates(coordinates, geographic="coord_crs" not in query)
+
+
+async def _check_posted_feature(request: Request, meta: dict, query) -> None:
+    """A posted feature's positions, and the size it reads at the image's resolution unless the
+    request bounds the output."""
+    try:
+        geojson = await request.json()
+    except ValueError:
+        return  # titiler answers malformed JSON itself
+    coord_crs = query.get("coord_crs")
+    bounds = feature_bounds(geojson, geographic=coord_crs is None)
+    if any(k in query for k in ("max_size", "width", "height")) or not meta.get("crs_wkt"):
+        return
+    try:
+        west, south, east, north = transform_bounds(
+            coord_crs or "EPSG:4326", meta["crs_wkt"], *bounds
+        )
+    except (CRSError, ValueError):
+        return  # titiler names an unknown coord_crs
+    res_x, res_y = meta["resolution"]
+    check_extent_px((east - west) / res_x, (north - south) / res_y)
+
+
+def _number(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def imagery_factory() -> TilerFactory:

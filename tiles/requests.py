@@ -1,0 +1,108 @@
+"""Checks on what a tile or image-data request asks for, before any pixel is read.
+
+titiler validates types; these bound the work: an output of 100000x100000 px, a buffer of 1e9 px
+or a band 0 would otherwise fail deep inside numpy or GDAL (or exhaust memory) as a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import morecantile
+
+from tiles.errors import InvalidTileRequestError, OutsideGridError
+
+# Largest output side in pixels: 16x a 256 px tile, 4x a 1024 px preview.
+MAX_OUTPUT_SIDE = 4096
+
+
+def check_output_side(name: str, value: float) -> None:
+    if not math.isfinite(value) or value > MAX_OUTPUT_SIDE:
+        raise InvalidTileRequestError(
+            f"{name}={value:g} is too large: outputs are at most {MAX_OUTPUT_SIDE} px per side"
+        )
+
+
+def check_margin(name: str, value: float, tilesize: float) -> None:
+    """A buffer or padding around a tile: the read is tilesize + 2 * value px per side."""
+    if not math.isfinite(value) or value < 0 or tilesize + 2 * value > MAX_OUTPUT_SIDE:
+        raise InvalidTileRequestError(
+            f"{name}={value:g} is out of range: with tilesize {tilesize:g} it must be from 0 to "
+            f"{max(0, (MAX_OUTPUT_SIDE - tilesize) // 2):g} px"
+        )
+
+
+def check_band_indexes(indexes: Iterable[int], count: int) -> None:
+    for index in indexes:
+        if not 1 <= index <= count:
+            raise InvalidTileRequestError(
+                f"band {index} does not exist: the image has bands 1 to {count}"
+            )
+
+
+def check_coordinates(values: Iterable[float], geographic: bool) -> None:
+    """Coordinates (x, y pairs) must be finite; longitude/latitude also within WGS84's range."""
+    values = list(values)
+    for x, y in zip(values[0::2], values[1::2], strict=False):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InvalidTileRequestError(f"coordinates must be finite numbers, not [{x}, {y}]")
+        if geographic and (abs(x) > 180 or abs(y) > 90):
+            raise InvalidTileRequestError(
+                f"coordinates [{x:g}, {y:g}] are outside WGS84 (longitude -180..180, "
+                "latitude -90..90)"
+            )
+
+
+def check_tile_in_grid(tms: morecantile.TileMatrixSet, z: int, x: int, y: int) -> None:
+    matrix = tms.matrix(z)
+    if not (0 <= x < matrix.matrixWidth and 0 <= y < matrix.matrixHeight):
+        raise OutsideGridError(
+            f"tile {z}/{x}/{y} is outside the {tms.id} grid: at zoom {z} x is 0 to "
+            f"{matrix.matrixWidth - 1} and y is 0 to {matrix.matrixHeight - 1}"
+        )
+
+
+# A feature posted to /feature or /statistics: as many vertices as an AOI may have.
+MAX_FEATURE_VERTICES = 100_000
+
+
+def feature_bounds(geojson: object, geographic: bool) -> tuple[float, float, float, float]:
+    """The bounds of a posted GeoJSON Feature / FeatureCollection / geometry, after checking
+    every position (finite, WGS84 where geographic) and the vertex count, cheaply in Python."""
+    positions: list[list[float]] = []
+
+    def walk(value: object, depth: int = 0) -> None:
+        if depth > 6:
+            raise InvalidTileRequestError("the GeoJSON is nested too deeply")
+        if isinstance(value, dict):
+            for key in ("features", "geometry", "geometries", "coordinates"):
+                if key in value:
+                    walk(value[key], depth + 1)
+        elif isinstance(value, list):
+            if value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                positions.append(value)  # type: ignore[arg-type]
+                if len(positions) > MAX_FEATURE_VERTICES:
+                    raise InvalidTileRequestError(
+                        f"the GeoJSON has more than {MAX_FEATURE_VERTICES} vertices; simplify it"
+                    )
+            else:
+                for item in value:
+                    walk(item, depth + 1)
+
+    walk(geojson)
+    if not positions:
+        raise InvalidTileRequestError("the GeoJSON has no coordinates")
+    flat = [v for p in positions for v in p[:2]]
+    check_coordinates(flat, geographic)
+    xs, ys = flat[0::2], flat[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def check_extent_px(width_px: float, height_px: float) -> None:
+    if max(width_px, height_px) > MAX_OUTPUT_SIDE:
+        raise InvalidTileRequestError(
+            f"the feature covers {width_px:.0f}x{height_px:.0f} px at the image's resolution; "
+            f"outputs are at most {MAX_OUTPUT_SIDE} px per side: pass max_size (or width and "
+            "height)"
+        )

@@ -4,8 +4,7 @@ one probability map (no retraining).
 
     PYTHONPATH=$PWD python experiments/probe_boxes.py RUN_DIR [--dataset neon-osbs029]
 
-RUN_DIR is an experiment run folder (model.onnx + annotations.geojson). The probabilities of
-the accuracy areas are cached next to it (probe.npz).
+RUN_DIR is an experiment run folder (model.onnx + annotations.geojson).
 """
 
 from __future__ import annotations
@@ -16,16 +15,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from rasterio.features import rasterize
 from shapely.geometry import box
 
 from inference.metrics import matched_pairs
 from inference.objects import extract_objects
 from inference.session import load_detector
-from trainer.data import ImageSource
-from trainer.evaluate import predict_area
-from trainer.experiments import DATASETS, cache_dir, shared_data_dir, truth_objects
 from trainer.annotations import parse_annotations
+from trainer.data import ImageSource, _inscribed_ellipse
+from trainer.evaluate import predict_area
+from trainer.experiments import DATASETS, cache_dir, shared_data_dir
 
 
 def load(run_dir: Path, dataset: str):
@@ -43,7 +42,34 @@ def load(run_dir: Path, dataset: str):
     for area in parsed.accuracy:
         _, probabilities, transform = predict_area(detector, source, area)
         areas.append((area, parsed.labels_in(area), probabilities, transform))
+    for area in parsed.training:
+        _, probabilities, transform = predict_area(detector, source, area)
+        pixel_shares("training", area, parsed.labels_in(area), probabilities, transform)
+    for area, labels, probabilities, transform in areas:
+        pixel_shares("accuracy", area, labels, probabilities, transform)
     return prepared, detector.spec, source, areas
+
+
+def pixel_shares(role, area, labels, probabilities, transform):
+    """Share of pixels predicted as the class in the labels' inscribed ellipses, in the box
+    corners outside them, and in the background (outside every box)."""
+    shape = probabilities.shape[1:]
+
+    def raster(geometries):
+        pairs = [(g, 1) for g in geometries]
+        return rasterize(pairs, out_shape=shape, transform=transform) > 0 if pairs else None
+
+    inside = raster([area.geometry])
+    boxes = raster([lab.geometry for lab in labels])
+    ellipses = raster([_inscribed_ellipse(lab.geometry) for lab in labels])
+    found = probabilities[1:].argmax(axis=0) + 1 == 1
+    found &= probabilities.argmax(axis=0) > 0
+    shares = {
+        "ellipses": found[ellipses & inside].mean(),
+        "corners": found[boxes & ~ellipses & inside].mean(),
+        "background": found[~boxes & inside].mean(),
+    }
+    print(role, "share predicted:", ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
 
 
 def boxes_of(objects):
@@ -62,9 +88,7 @@ def score(areas, spec, mpu, variant=None):
     details = []
     for area, labels, probabilities, transform in areas:
         probs = probabilities if variant is None else variant(probabilities)
-        objects = extract_objects(
-            probs, transform, spec, keep=keep_in(area), metres_per_unit=mpu
-        )
+        objects = extract_objects(probs, transform, spec, keep=keep_in(area), metres_per_unit=mpu)
         predicted = boxes_of(objects)
         truth = [lab.geometry for lab in labels]
         pairs = matched_pairs(predicted, truth, 0.5)
@@ -78,7 +102,7 @@ def score(areas, spec, mpu, variant=None):
 
 def analyse(details):
     rows = []
-    for predicted, truth, pairs in details:
+    for predicted, truth, _pairs in details:
         for t in truth:
             best, best_iou = None, 0.0
             for p in predicted:
@@ -124,7 +148,7 @@ def main() -> None:
             f"threshold {threshold}: F1 {f1:.3f} tp {tp} fp {fp} fn {fn}, "
             f"median size ratio {np.median(r[ok, 1]):.2f} x {np.median(r[ok, 2]):.2f}"
         )
-    # no instance splitting at all: one object per connected component
+    # the instance separation's split ratio (0.99: one object per connected component)
     import inference.objects as objects_module
 
     saved = objects_module.SPLIT_RATIO
@@ -133,70 +157,7 @@ def main() -> None:
         f1, tp, fp, fn, _ = score(areas, spec, mpu)
         print(f"split ratio {ratio}: F1 {f1:.3f} tp {tp} fp {fp} fn {fn}")
     objects_module.SPLIT_RATIO = saved
-    np.savez_compressed(
-        args.run_dir / "probe.npz", *[a[2] for a in areas]
-    )
-    _ = ndimage
 
 
 if __name__ == "__main__":
     main()
-
-
-# --- raster-space variants (diagnosis only) ----------------------------------------------------
-
-
-def raster_instances(probabilities, threshold=0.5, min_radius_px=10.0):
-    """Instances labelled in raster space with the served split (for growth variants)."""
-    import inference.objects as om
-
-    winner = om._winner(probabilities)
-    mask = (winner == 1) & (probabilities[1] >= threshold)
-    components, _ = ndimage.label(mask, structure=om.FOUR)
-    labels = np.zeros(mask.shape, np.int32)
-    count = 0
-    for number, sl in enumerate(ndimage.find_objects(components), start=1):
-        comp = components[sl] == number
-        padded = np.pad(comp, 1)
-        distance = ndimage.distance_transform_edt(padded)
-        tops = (distance == ndimage.maximum_filter(distance, size=3)) & padded
-        parts, n = om._split(comp, distance, tops, min_radius_px)
-        labels[sl][parts > 0] = parts[parts > 0] + count
-        count += n
-    return labels, count
-
-
-def grow(labels, pixels, allowed=None):
-    """Each instance grown by `pixels` (Euclidean) into unclaimed pixels, nearest instance wins."""
-    if pixels <= 0:
-        return labels
-    distance, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-    grown = labels[rows, cols]
-    reach = distance <= pixels
-    if allowed is not None:
-        reach &= allowed
-    return np.where((labels > 0) | reach, grown, 0)
-
-
-def raster_score(areas, min_area_px, make):
-    tp = fp = fn = 0
-    for area, labels_in, probabilities, transform in areas:
-        labels, count = make(probabilities)
-        predicted = []
-        inside = keep_in(area)
-        for sl in ndimage.find_objects(labels):
-            if sl is None:
-                continue
-            r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-            x0, y0 = transform * (c0, r0)
-            x1, y1 = transform * (c1, r1)
-            b = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-            if (r1 - r0) * (c1 - c0) < min_area_px or not inside(b):
-                continue
-            predicted.append(b)
-        truth = [lab.geometry for lab in labels_in]
-        pairs = matched_pairs(predicted, truth, 0.5)
-        tp += len(pairs)
-        fp += len(predicted) - len(pairs)
-        fn += len(truth) - len(pairs)
-    return 2 * tp / (2 * tp + fp + fn), tp, fp, fn

@@ -40,8 +40,7 @@ def class_gap_radius(ids: np.ndarray, classes: np.ndarray, radius: int) -> dict[
             shorter = min(box[0].stop - box[0].start, box[1].stop - box[1].start)
             half_widths.setdefault(int(classes[number]), []).append(shorter / 2)
     return {
-        cls: int(np.clip(np.median(widths) // 3, 1, radius))
-        for cls, widths in half_widths.items()
+        cls: int(np.clip(np.median(widths) // 3, 1, radius)) for cls, widths in half_widths.items()
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
@@ -67,3 +68,51 @@ def test_border_weight_one_is_torch_cross_entropy_and_more_weighs_the_gap():
     expected = (per_pixel * emphasis).sum() / emphasis.sum()
     actual = weighted_cross_entropy(logits, target, ones, border, 3.0)
     assert torch.allclose(actual, expected)
+
+
+def box_labels() -> list:
+    """Two touching 10 x 8 m boxes side by side and a polygon (a triangle) below them."""
+    from shapely.geometry import Polygon, box
+
+    from trainer.annotations import Label
+
+    return [
+        Label("tree", box(0, 8, 10, 16), "box", 0, None),
+        Label("tree", box(10, 8, 20, 16), "box", 1, None),
+        Label("tree", Polygon([(0, 0), (8, 0), (0, 6)]), "polygon", 2, None),
+    ]
+
+
+def test_box_labels_train_as_their_inscribed_ellipse_with_the_corners_ignored():
+    from affine import Affine
+
+    from trainer.data import label_target
+
+    transform = Affine(0.5, 0, 0, 0, -0.5, 16)  # 0.5 m pixels, 40 x 32 px
+    whole = label_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "box")
+    ellipse = label_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "ellipse")
+    assert not (whole == IGNORE).any()
+    top = ellipse[:16]  # the boxes (rows 0-15); the polygon lies below
+    # Corners teach nothing; the middle of each side is still the object, so the ellipse spans
+    # the whole box and a prediction's bounding box can match the label.
+    for row, col in ((0, 0), (15, 0), (0, 39), (15, 39), (0, 19), (0, 20)):
+        assert top[row, col] == IGNORE, (row, col)
+    assert (top[:, 0] == 1).any() and (top[0, :20] == 1).any() and (top[15, :20] == 1).any()
+    assert (top[7:9, 2:18] == 1).all()
+    # The touching boxes are still parted by the weighted gap, as in "box" mode.
+    assert (top[7:9, 18:22] == BORDER).all() and (whole[7:9, 18:22] == BORDER).all()
+    assert ndimage.label(as_classes(np.where(top == IGNORE, 0, top)) == 1)[1] == 2
+    # Polygon labels are what they are, whatever the mode.
+    np.testing.assert_array_equal(ellipse[16:], whole[16:])
+    # The ellipse covers pi/4 of its box: about a fifth of each box is ignored.
+    ignored = np.count_nonzero(top == IGNORE) / top.size
+    assert 0.15 < ignored < 0.3, ignored
+
+
+def test_unknown_box_target_mode_is_refused():
+    from affine import Affine
+
+    from trainer.data import label_target
+
+    with pytest.raises(ValueError, match="box_targets must be one of box, ellipse"):
+        label_target(box_labels(), ["tree"], Affine(0.5, 0, 0, 0, -0.5, 16), (32, 40), 0.5, 2, "x")

@@ -16,6 +16,8 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from shapely.affinity import scale
+from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from inference.format import DetectorSpec
@@ -26,6 +28,7 @@ from trainer.loop import IGNORE, TrainConfig
 from trainer.targets import as_classes, class_target
 
 POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
+BOX_TARGETS = ("box", "ellipse")  # what a box label trains as (see label_target)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def read_area(
     resolution_m: float,
     margin_px: int = 0,
     gap_radius: int = 0,
+    box_targets: str = "box",
 ) -> AreaData:
     """Read one area (its bounding box on the window lattice, plus `margin_px`) and rasterise
     its labels (touching ones parted, see trainer.targets); pixels outside the area's polygon
@@ -90,7 +94,9 @@ def read_area(
     pixels = read_region(source.cog_path, _crs(source), bounds, size, raw, source.meta["gsd"])
     transform = _transform(request.origin_x, request.origin_y, pixel)
     shape = (request.height, request.width)
-    target = label_target(labels, class_names, transform, shape, resolution_m, gap_radius)
+    target = label_target(
+        labels, class_names, transform, shape, resolution_m, gap_radius, box_targets
+    )
     inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform, dtype="uint8")
     target[inside == 0] = IGNORE
     centres = _centres(labels, class_names, transform, shape)
@@ -104,17 +110,43 @@ def label_target(
     shape: tuple[int, int],
     resolution_m: float,
     gap_radius: int = 0,
+    box_targets: str = "box",
 ) -> np.ndarray:
-    """Class per pixel; labels later in the list win overlaps; touching labels parted."""
+    """Class per pixel; labels later in the list win overlaps; touching labels parted.
+
+    `box_targets` says what a box label teaches: "box", that its whole rectangle is the object;
+    "ellipse", that its inscribed ellipse is, its corners being IGNORE (a box drawn round a
+    tree crown holds ground in its corners, which would teach that ground next to a crown is
+    tree; the ellipse keeps the box's extent, so the prediction's bounding box can still match
+    it, and the model decides the corners from what it sees elsewhere)."""
+    if box_targets not in BOX_TARGETS:
+        known = ", ".join(BOX_TARGETS)
+        raise ValueError(f"box_targets must be one of {known}, not {box_targets!r}")
     shapes = []
+    corners = []
     classes = [0]
     for number, label in enumerate(labels, start=1):
-        shapes.append((_trained_shape(label, resolution_m, transform), number))
+        trained = _trained_shape(label, resolution_m, transform)
+        if label.kind == "box" and box_targets == "ellipse":
+            corners.append((label.geometry, 1))
+            trained = _inscribed_ellipse(label.geometry)
+        shapes.append((trained, number))
         classes.append(class_names.index(label.cls) + 1)
     if not shapes:
         return np.zeros(shape, np.uint8)
     ids = rasterize(shapes, out_shape=shape, transform=transform, dtype="int32")
-    return class_target(ids, np.asarray(classes, np.uint8), gap_radius)
+    target = class_target(ids, np.asarray(classes, np.uint8), gap_radius)
+    if corners:
+        boxes = rasterize(corners, out_shape=shape, transform=transform, dtype="uint8") > 0
+        target[boxes & (ids == 0)] = IGNORE
+    return target
+
+
+def _inscribed_ellipse(rectangle: BaseGeometry) -> BaseGeometry:
+    """The ellipse touching the middle of each side of the rectangle's bounding box."""
+    left, bottom, right, top = rectangle.bounds
+    circle = Point((left + right) / 2, (bottom + top) / 2).buffer(1.0, quad_segs=16)
+    return scale(circle, (right - left) / 2, (top - bottom) / 2)
 
 
 def _trained_shape(label: Label, resolution_m: float, transform) -> BaseGeometry:

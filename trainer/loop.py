@@ -39,6 +39,9 @@ class TrainConfig:
     # NEON crowns 0.12 -> 0.46 with (2, 3) (README, "What we tried").
     gap_radius: int = 2
     border_weight: float = 3.0
+    # What a box label trains as: "box" (its rectangle) or "ellipse" (its inscribed ellipse,
+    # corners ignored: a box round a crown holds ground in its corners; trainer.data).
+    box_targets: str = "box"
 
 
 @dataclass(frozen=True)

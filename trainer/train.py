@@ -92,6 +92,7 @@ def train_detector(
                     bands,
                     resolution,
                     gap_radius=request.config.gap_radius,
+                    box_targets=request.config.box_targets,
                 )  # fmt: skip
             )
     if not areas:

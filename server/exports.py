@@ -17,8 +17,10 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from catalog.blobstore import LocalBlobStore
+from catalog.errors import failure_reason
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
+from catalog.jobs import owner_is_gone, process_owner
 from catalog.models import ExportRecord, ExportState, utcnow
 from export.cluster import connect
 from export.run import (
@@ -26,6 +28,7 @@ from export.run import (
     ExportSource,
     aoi_in_image_crs,
     plan_cells,
+    remove_staging_files,
     run_export,
     write_result,
 )
@@ -112,15 +115,28 @@ class ExportService:
             if export_id in self._threads:
                 return record
             self._cancel.discard(export_id)
-        self.store.update(export_id, state=ExportState.QUEUED, error=None, finished_at=None)
+        self.store.update(
+            export_id,
+            state=ExportState.QUEUED,
+            error=None,
+            finished_at=None,
+            owner=process_owner(),
+        )
         self._launch(export_id)
         return self.store.get(export_id)
 
     def resume_unfinished(self) -> list[str]:
-        """On start-up: pick up exports a previous server process left queued or running."""
-        ids = [r.id for r in self.store.unfinished()]
-        for export_id in ids:
-            self._launch(export_id)
+        """On start-up: pick up exports a stopped server process left queued or running. An
+        export is claimed first, so of several processes starting at once only one resumes it,
+        and one whose owner still runs (another worker of this server) is left to it."""
+        me = process_owner()
+        ids = []
+        for record in self.store.unfinished():
+            if record.owner != me and not owner_is_gone(record.owner):
+                continue
+            if self.store.claim(record.id, record.owner, me):
+                ids.append(record.id)
+                self._launch(record.id)
         return ids
 
     def result_path(self, record: ExportRecord):
@@ -157,7 +173,12 @@ class ExportService:
             self._sweep(export_id)
         except Exception as exc:  # a job must end in a truthful state, whatever went wrong
             log.exception("export %s failed", export_id)
-            self.store.finish(export_id, ExportState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self._remove_outputs(export_id)  # a failed export lists no file; its cells stay
+            self.store.finish(
+                export_id,
+                ExportState.FAILED,
+                error=f"{type(exc).__name__}: {failure_reason(exc, self._folder(export_id))}",
+            )
         finally:
             with self._lock:
                 self._threads.pop(export_id, None)
@@ -179,6 +200,8 @@ class ExportService:
         )
         prefix = export_prefix(export_id)
         export_dir = self.blobs.path(prefix)
+        # This process owns the export now: half-written files of an earlier run are garbage.
+        remove_staging_files(export_dir)
         jobs = plan_cells(
             source,
             export_dir,
@@ -232,6 +255,18 @@ class ExportService:
             result_bytes=self.blobs.path(out_key).stat().st_size,
             eta_seconds=0.0,
         )
+
+    def _folder(self, export_id: str):
+        return self.blobs.path(export_prefix(export_id))
+
+    def _remove_outputs(self, export_id: str) -> None:
+        export_dir = self._folder(export_id)
+        if not export_dir.is_dir():
+            return
+        for path in export_dir.iterdir():
+            if path.is_file() and (path.name.startswith("result.") or path.name == LAYER_SOURCE):
+                path.unlink(missing_ok=True)
+        remove_staging_files(export_dir)
 
     def close(self) -> None:
         self._stopping.set()

@@ -10,24 +10,28 @@ import threading
 import time
 from typing import Any
 
+from distributed import KilledWorker
+
 from catalog.annotations import AnnotationStore
 from catalog.blobstore import LocalBlobStore
 from catalog.detectors import DetectorCatalog
+from catalog.errors import JobNotFoundError, failure_reason
 from catalog.images import ImageCatalog
-from catalog.jobs import JobStore
-from catalog.models import DetectorRecord, JobRecord
+from catalog.jobs import TRAIN_JOB, JobStore
+from catalog.models import DetectorRecord, JobRecord, JobStatus
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
 from server.settings import Settings
 from trainer.annotations import AnnotationError, Annotations, parse_annotations
 from trainer.data import ImageSource
-from trainer.job import TrainingTask, read_progress, run_training
+from trainer.job import TrainingTask, read_attempts, read_progress, run_training, write_report
 from trainer.train import TrainingRequest
 
 log = logging.getLogger("tiledetect.training")
 
-TRAIN_JOB = "train"
+TRAINING_PREFIX = "training"  # blob-store folders of trainings in flight, one per job
+
 MAX_CLASSES = 16
 HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 
@@ -169,17 +173,23 @@ class TrainingService:
             steps=steps,
         )
         job = self.jobs.create(TRAIN_JOB, detector_id=detector_id, message="queued")
-        work = self.blobs.path(f"training/{job.id}")
+        work = self.blobs.path(f"{TRAINING_PREFIX}/{job.id}")
         task = TrainingTask(request, str(work))
+        # The version records the revision it learnt from: the annotations may change meanwhile.
+        revision = stored.revision if stored else 0
         thread = threading.Thread(
-            target=self._run, args=(job.id, detector_id, task), name=f"train-{job.id}", daemon=True
+            target=self._run,
+            args=(job.id, detector_id, task, revision),
+            name=f"train-{job.id}",
+            daemon=True,
         )
         self._threads[job.id] = thread
         thread.start()
         return self.jobs.get(job.id)
 
-    def _run(self, job_id: str, detector_id: str, task: TrainingTask) -> None:
-        work = self.blobs.path(f"training/{job_id}")
+    def _run(self, job_id: str, detector_id: str, task: TrainingTask, revision: int) -> None:
+        work = self.blobs.path(f"{TRAINING_PREFIX}/{job_id}")
+        attempts: list[dict] = []
         try:
             self.jobs.start(job_id, "waiting for a worker")
             client = self.exports.client()
@@ -191,15 +201,39 @@ class TrainingService:
                 resources=self.settings.dask_resources(),
             )
             while not future.done():
+                attempts = read_attempts(work) or attempts
                 progress = read_progress(work)
                 if progress is not None:
                     message = (
                         f"step {progress['step']} · loss {progress['loss']:.3f} · "
                         f"{progress['seconds_left']:.0f} s left"
                     )
-                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, progress)
+                    if len(attempts) > 1:
+                        message += f" · on {_worker(attempts[-1])}, try {len(attempts)}"
+                    details = {**progress, "attempts": attempts}
+                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, details)
+                elif len(attempts) > 1:
+                    self.jobs.report(
+                        job_id,
+                        0.0,
+                        f"worker {_worker(attempts[-2])} was lost; restarting on "
+                        f"{_worker(attempts[-1])}",
+                        {"attempts": attempts},
+                    )
                 time.sleep(0.5)
-            report = future.result()
+            try:
+                report = future.result()
+            except KilledWorker as exc:
+                attempts = read_attempts(work) or attempts
+                lost = ", ".join(_worker(a) for a in attempts) or "unknown"
+                raise TrainingLostError(
+                    f"the Dask worker running this training died (worker: {lost}) more often "
+                    f"than the scheduler retries; no version was published ({exc})"
+                ) from exc
+            attempts = read_attempts(work) or attempts
+            report["annotation_revision"] = revision
+            report["attempts"] = len(attempts) or 1
+            write_report(work, report)
             self.jobs.report(job_id, 0.95, "publishing the new version", read_progress(work) or {})
             model = work / "model.onnx"
             version = self.detectors.add_version(
@@ -212,6 +246,7 @@ class TrainingService:
                     "report.json": work / "report.json",
                     "predictions.geojson": work / "predictions.geojson",
                 },
+                annotation_revision=revision,
             )
             self.layers.forget([])  # the latest version changed: serve it at once
             self.jobs.succeed(
@@ -219,6 +254,8 @@ class TrainingService:
                 {
                     "detector_id": detector_id,
                     "version": version.number,
+                    "annotation_revision": revision,
+                    "attempts": attempts,
                     "metrics": report.get("metrics"),
                     "report": {k: v for k, v in report.items() if k != "metrics"},
                 },
@@ -226,10 +263,28 @@ class TrainingService:
             )
         except Exception as exc:  # the job must end in a truthful state, whatever happened
             log.exception("training %s failed", job_id)
-            self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+            self.jobs.fail(job_id, f"{type(exc).__name__}: {failure_reason(exc, work)}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._threads.pop(job_id, None)
+
+    def remove_orphan_work(self) -> list[str]:
+        """At startup, after interrupted jobs were failed: delete training folders whose job is
+        over (a killed server leaves its trainings' folders; live jobs of other processes keep
+        theirs)."""
+        root = self.blobs.path(TRAINING_PREFIX)
+        if not root.is_dir():
+            return []
+        removed = []
+        for folder in root.iterdir():
+            try:
+                over = self.jobs.get(folder.name).status in JobStatus.FINISHED
+            except JobNotFoundError:
+                over = True
+            if over:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
 
 
 def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
@@ -239,3 +294,11 @@ def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
         return exc
     message = str(exc).replace(f"feature {index}", f"feature {indexes[index]}", 1)
     return AnnotationError(message, indexes[index])
+
+
+class TrainingLostError(RuntimeError):
+    """The workers that ran a training all died before it finished."""
+
+
+def _worker(attempt: dict) -> str:
+    return str(attempt.get("name") or attempt.get("worker") or f"pid {attempt.get('pid')}")

@@ -14,6 +14,8 @@ from trainer.loop import TrainProgress
 from trainer.train import TrainingRequest, train_detector
 
 PROGRESS_FILE = "progress.json"
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per worker that started this task
+OUTPUTS = ("model.onnx", "report.json", "predictions.geojson")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class TrainingTask:
 def run_training(task: TrainingTask) -> dict:
     work = Path(task.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    # Dask reruns the task elsewhere when its worker dies: say so, and start from a clean folder
+    # so nothing of the lost attempt can be published as this one's.
+    _record_attempt(work)
+    for name in (PROGRESS_FILE, *OUTPUTS):
+        (work / name).unlink(missing_ok=True)
     budget = task.request.seconds
     last = {"time": 0.0}
     curve: list[dict] = []
@@ -58,8 +65,43 @@ def write_progress(work: Path, value: dict) -> None:
     os.replace(staging, work / PROGRESS_FILE)
 
 
+def write_report(work: Path, report: dict) -> None:
+    """Rewrite report.json (atomically), e.g. with what the server adds before publishing."""
+    staging = work / f".report.json.{os.getpid()}"
+    staging.write_text(json.dumps(report, indent=1))
+    os.replace(staging, work / "report.json")
+
+
 def read_progress(work: Path) -> dict | None:
     try:
         return json.loads((work / PROGRESS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _record_attempt(work: Path) -> None:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        who = {"worker": worker.address, "name": str(worker.name)}
+    except ValueError:  # not on a Dask worker (called directly)
+        who = {"worker": None, "name": None}
+    line = json.dumps({**who, "pid": os.getpid(), "started": time.time()})
+    with open(work / ATTEMPTS_FILE, "a") as handle:
+        handle.write(line + "\n")
+
+
+def read_attempts(work: Path) -> list[dict]:
+    """The workers that started the task so far, oldest first (a torn last line is skipped)."""
+    try:
+        lines = (work / ATTEMPTS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    attempts = []
+    for line in lines:
+        try:
+            attempts.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return attempts

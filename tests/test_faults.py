@@ -20,6 +20,7 @@ import pyogrio
 import pytest
 import rasterio
 from fastapi.testclient import TestClient
+from shapely.geometry import shape
 from sqlalchemy import select
 
 from catalog.db import Database
@@ -202,12 +203,12 @@ def stop(server) -> None:
 def test_server_killed_while_ingesting_training_and_exporting_recovers_truthfully(
     scene, painted, tmp_path
 ):
-    """One SIGKILL while an ingest converts a COG, a training trains and an export sweeps its
-    cells; restarted on the same data dir: the ingest and the training failed with a reason (no
-    image, no version left of them), the export resumed and finished, and the catalogue agrees
-    with the files. The detector then trains again."""
+    """SIGKILL while an ingest converts a COG and a training trains, restart on the same data
+    dir: both failed with a reason, no image or version is left of them. SIGKILL again while an
+    export sweeps its cells, restart: it resumes and finishes. After each restart the catalogue
+    agrees with the files, and at the end the detector trains again."""
     data = tmp_path / "data"
-    big = write_rgb_tif(tmp_path / "big.tif", 8192, 8192)  # a minute or more to convert
+    big = write_rgb_tif(tmp_path / "big.tif", 6144, 6144)  # tens of seconds to convert
     server = start_server(data, tmp_path / "server1.log", export_cell_px=CELL_PX)
     try:
         with httpx.Client(base_url=server.url, timeout=120) as http:
@@ -215,10 +216,6 @@ def test_server_killed_while_ingesting_training_and_exporting_recovers_truthfull
             exported = upload(http, painted.tif)
             imported = import_detector(http, painted.onnx)
             trainable = trainable_detector(http, scene, image)
-            with open(big, "rb") as handle:
-                posted = http.post("/api/images", files={"file": ("big.tif", handle)})
-            assert posted.status_code == 202, posted.text
-            ingest = posted.json()["job"]
             train = http.post(f"/api/detectors/{trainable['id']}/train", json={"seconds": 600})
             assert train.status_code == 202, train.text
             train = train.json()
@@ -226,26 +223,22 @@ def test_server_killed_while_ingesting_training_and_exporting_recovers_truthfull
                 lambda: http.get(f"/api/jobs/{train['id']}").json(),
                 lambda job: (job["result"] or {}).get("step", 0) >= 1,
             )
-            export = http.post(
-                f"/api/detectors/{imported['id']}/images/{exported['id']}/exports",
-                json={"format": "gpkg"},
-            ).json()
+            with open(big, "rb") as handle:
+                posted = http.post("/api/images", files={"file": ("big.tif", handle)})
+            assert posted.status_code == 202, posted.text
+            ingest = posted.json()["job"]
             poll(
-                lambda: http.get(f"/api/exports/{export['id']}").json(),
-                lambda record: record["cells_done"] >= 1,
+                lambda: http.get(f"/api/jobs/{ingest['id']}").json(),
+                lambda job: job["status"] == "running" and job["progress"] > 0.01,
                 every=0.05,
             )
-            # All three are mid-way at the kill.
-            during = http.get(f"/api/exports/{export['id']}").json()
-            assert during["state"] == "running" and during["cells_done"] < during["cells_total"]
-            job = http.get(f"/api/jobs/{ingest['id']}").json()
-            assert job["status"] == "running" and job["progress"] < 0.9, job
             assert http.get(f"/api/jobs/{train['id']}").json()["status"] == "running"
     finally:
         kill(server)
     blobs = data / "blobs"
-    leftovers = list(blobs.rglob("*.partial*")) + list((blobs / "training").iterdir())
-    assert leftovers, "the kill should have left half-written files for the restart to clean"
+    # Left behind: the half-converted COG, the training's folder, the upload being ingested.
+    assert list((blobs / "images" / ingest["image_id"]).iterdir())
+    assert list((blobs / "training").iterdir()) and list((data / "uploads").iterdir())
 
     server = start_server(data, tmp_path / "server2.log", export_cell_px=CELL_PX)
     try:
@@ -258,6 +251,23 @@ def test_server_killed_while_ingesting_training_and_exporting_recovers_truthfull
             job = http.get(f"/api/jobs/{train['id']}").json()
             assert job["status"] == "failed" and "no version was published" in job["error"]
             assert http.get(f"/api/detectors/{trainable['id']}/versions").json() == []
+            assert_consistent(data)
+            export = http.post(
+                f"/api/detectors/{imported['id']}/images/{exported['id']}/exports",
+                json={"format": "gpkg"},
+            ).json()
+            during = poll(
+                lambda: http.get(f"/api/exports/{export['id']}").json(),
+                lambda record: record["cells_done"] >= 1,
+                every=0.02,
+            )
+            assert during["state"] == "running" and during["cells_done"] < during["cells_total"]
+    finally:
+        kill(server)
+
+    server = start_server(data, tmp_path / "server3.log", export_cell_px=CELL_PX)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
             record = finished_export(http, export["id"])
             assert record["state"] == "done", record
             assert record["cells_done"] == record["cells_total"]
@@ -448,3 +458,75 @@ def test_disk_full_while_writing_an_export(painted, tmp_path):
             assert resumed["state"] == "done", resumed
             assert resumed["objects"] == reference["objects"]
         assert_consistent(settings.data_dir)
+
+
+# Concurrency ----------------------------------------------------------------------------------
+
+
+def thinned_accuracy_labels(collection: dict) -> tuple[dict, int]:
+    """The collection with every other label of its accuracy area removed, and how many went."""
+    accuracy = [
+        shape(f["geometry"])
+        for f in collection["features"]
+        if f["properties"].get("role") == "accuracy_area"
+    ]
+    features, removed, seen = [], 0, 0
+    for feature in collection["features"]:
+        props = feature["properties"]
+        inside = props.get("role") in (None, "label") and any(
+            area.contains(shape(feature["geometry"]).representative_point()) for area in accuracy
+        )
+        if inside:
+            seen += 1
+            if seen % 2 == 0:
+                removed += 1
+                continue
+        features.append(feature)
+    return {**collection, "features": features}, removed
+
+
+def test_two_trainings_at_once_and_annotations_edited_meanwhile(scene, tmp_path):
+    """Two trainings of one detector started together, the annotations replaced while they run,
+    then a third training: all three end, versions are numbered 1, 2, 3 without a gap or a
+    duplicate, and each version (record, job, report.json, metrics) names and scores the
+    annotation revision it was started on, not the edit."""
+    settings = Settings(data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        image = upload(client, scene[0])
+        detector = trainable_detector(client, scene, image)
+        url = f"/api/detectors/{detector['id']}"
+        first = client.post(f"{url}/train", json={"steps": 10}).json()
+        second = client.post(f"{url}/train", json={"steps": 10}).json()
+        poll(
+            lambda: client.get(f"/api/jobs/{first['id']}").json(),
+            lambda job: job["status"] == "running",
+        )
+        edited, removed = thinned_accuracy_labels(client.get(f"{url}/annotations").json())
+        assert removed > 0
+        saved = client.put(f"{url}/annotations", json=edited)
+        assert saved.status_code == 200 and saved.json()["revision"] == 2
+        third = client.post(f"{url}/train", json={"steps": 10}).json()
+        jobs = {
+            revision: finished_job(client, job["id"])
+            for revision, job in (("1a", first), ("1b", second), ("2", third))
+        }
+        for job in jobs.values():
+            assert job["status"] == "succeeded", job
+        versions = client.get(f"{url}/versions").json()
+        assert [v["number"] for v in versions] == [1, 2, 3]
+        assert len({v["id"] for v in versions}) == 3
+        by_number = {v["number"]: v for v in versions}
+        labels = {}
+        for name, job in jobs.items():
+            revision = int(name[0])
+            version = by_number[job["result"]["version"]]
+            assert job["result"]["annotation_revision"] == version["annotation_revision"]
+            assert version["annotation_revision"] == revision
+            report = client.get(f"{url}/versions/{version['number']}/report.json").json()
+            assert report["annotation_revision"] == revision
+            assert report["metrics"] == version["metrics"] == job["result"]["metrics"]
+            labels.setdefault(revision, set()).add(version["metrics"]["labels"])
+        # Both revision-1 versions scored revision 1's accuracy labels; the third the thinned set.
+        assert len(labels[1]) == 1 and len(labels[2]) == 1
+        assert labels[2].pop() < labels[1].pop()
+    assert_consistent(settings.data_dir)

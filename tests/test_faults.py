@@ -244,7 +244,7 @@ def test_server_killed_while_ingesting_training_and_exporting_recovers_truthfull
     try:
         with httpx.Client(base_url=server.url, timeout=120) as http:
             job = http.get(f"/api/jobs/{ingest['id']}").json()
-            assert job["status"] == "failed" and "COG was not complete" in job["error"]
+            assert job["status"] == "failed" and "before the COG was complete" in job["error"]
             assert http.get(f"/api/images/{ingest['image_id']}").status_code == 404
             listed = {i["id"] for i in http.get("/api/images").json()}
             assert listed == {image["id"], exported["id"]}

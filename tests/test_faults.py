@@ -530,3 +530,54 @@ def test_two_trainings_at_once_and_annotations_edited_meanwhile(scene, tmp_path)
         assert len(labels[1]) == 1 and len(labels[2]) == 1
         assert labels[2].pop() < labels[1].pop()
     assert_consistent(settings.data_dir)
+
+
+def test_version_files_no_version_records_are_removed_once_old(painted, tmp_path):
+    """What a process killed between copying a version's files and recording it leaves: removed
+    by the start-up sweep once older than the grace period; a recorded version's files, and
+    young files a live process may be about to record, are kept."""
+    from catalog.blobstore import LocalBlobStore
+    from catalog.detectors import ORPHAN_GRACE_S, DetectorCatalog
+    from inference.session import load_detector
+
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    db = Database(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        catalog = DetectorCatalog(db, blobs)
+        detector = catalog.create("d", ["roof", "pool"])
+        version = catalog.add_version(detector.id, painted.onnx, load_detector(painted.onnx).spec)
+        folder = blobs.path(f"detectors/{detector.id}")
+        old = time.time() - ORPHAN_GRACE_S - 60
+        planted = {
+            "unrecorded.onnx": old,
+            "unrecorded/report.json": old,
+            ".x.onnx.1234abcd.partial": old,
+            "young.onnx": time.time(),
+        }
+        for name, mtime in planted.items():
+            path = folder / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"half")
+            os.utime(path, (mtime, mtime))
+        os.utime(folder / "unrecorded", (old, old))
+        gone_detector = blobs.path("detectors/deleted-detector/v.onnx")
+        gone_detector.parent.mkdir()
+        gone_detector.write_bytes(b"x")
+        os.utime(gone_detector, (old, old))
+
+        removed = catalog.remove_orphans()
+        assert sorted(removed) == sorted(
+            [
+                f"{detector.id}/unrecorded.onnx",
+                f"{detector.id}/unrecorded",
+                f"{detector.id}/.x.onnx.1234abcd.partial",
+                "deleted-detector/v.onnx",
+            ]
+        )
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [f"{version.id}.onnx", "young.onnx"]
+        )
+        assert not gone_detector.parent.exists()
+        assert catalog.version(detector.id).id == version.id
+    finally:
+        db.dispose()

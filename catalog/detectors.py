@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -14,6 +16,8 @@ from catalog.models import DEFAULT_PROJECT, DetectorRecord, DetectorVersionRecor
 from catalog.names import check_name
 from catalog.projects import scoped, visible
 from inference.format import DetectorSpec
+
+ORPHAN_GRACE_S = 600.0
 
 
 class DetectorCatalog:
@@ -45,6 +49,7 @@ class DetectorCatalog:
         metrics: dict | None = None,
         source: str = "import",
         attachments: dict[str, Path] | None = None,
+        annotation_revision: int | None = None,
     ) -> DetectorVersionRecord:
         """Copy a validated ONNX file (and files that go with it, such as a training report)
         into the store, then record it as the next version: files first, so a recorded version
@@ -61,8 +66,9 @@ class DetectorCatalog:
             for attempt in range(5):
                 try:
                     return self._record_version(
-                        version_id, detector_id, key, size, spec, metrics, source
-                    )
+                        version_id, detector_id, key, size, spec, metrics, source,
+                        annotation_revision,
+                    )  # fmt: skip
                 except IntegrityError:  # another version took the number; take the next
                     if attempt == 4:
                         raise
@@ -75,7 +81,9 @@ class DetectorCatalog:
     def _copy_in(self, path: Path, key: str) -> int:
         return self.blobs.put_file(path, key)
 
-    def _record_version(self, version_id, detector_id, key, size, spec, metrics, source):
+    def _record_version(
+        self, version_id, detector_id, key, size, spec, metrics, source, annotation_revision
+    ):
         with self.db.transaction() as session:
             number = session.scalar(
                 select(func.coalesce(func.max(DetectorVersionRecord.number), 0)).where(
@@ -91,6 +99,7 @@ class DetectorCatalog:
                 spec=spec.as_dict(),
                 metrics=metrics,
                 source=source,
+                annotation_revision=annotation_revision,
             )
             session.add(record)
         return record
@@ -98,6 +107,39 @@ class DetectorCatalog:
     @staticmethod
     def attachment_key(detector_id: str, version_id: str, name: str) -> str:
         return f"detectors/{detector_id}/{version_id}/{name}"
+
+    def remove_orphans(self, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
+        """Delete files under detectors/ that no version records: what a process killed between
+        copying a version's files and recording it left. Younger files are spared: another live
+        process may be about to record them (add_version copies first)."""
+        if not self.blobs.is_local:
+            # An object store's puts are atomic and staged locally; its orphans (a kill between
+            # put and record) are not swept yet.
+            return []
+        root = self.blobs.path("detectors")
+        if not root.is_dir():
+            return []
+        with self.db.transaction() as session:
+            known = set(session.scalars(select(DetectorVersionRecord.id)))
+            detectors = set(session.scalars(select(DetectorRecord.id)))
+        removed = []
+        cutoff = time.time() - grace_s
+        for folder in root.iterdir():
+            for path in folder.iterdir() if folder.is_dir() else [folder]:
+                # {version}.onnx and {version}/ attachments; staging files start with a dot.
+                version_id = path.name.split(".")[0]
+                if folder.name in detectors and version_id in known:
+                    continue
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(root)))
+            if folder.is_dir() and folder.name not in detectors and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
 
     def get(self, detector_id: str, project: str | None = None) -> DetectorRecord:
         """A detector; its versions and annotations are its project's too."""

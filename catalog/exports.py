@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from catalog.db import Database
 from catalog.errors import ExportNotFoundError
@@ -59,6 +59,16 @@ class ExportStore:
         )
         with self.db.transaction() as session:
             return session.scalars(query).first()
+
+    def claim(self, export_id: str, previous_owner: str, owner: str) -> bool:
+        """Take over an export from `previous_owner`; False when another process was first."""
+        query = (
+            update(ExportRecord)
+            .where(ExportRecord.id == export_id, ExportRecord.owner == previous_owner)
+            .values(owner=owner, updated_at=utcnow())
+        )
+        with self.db.transaction() as session:
+            return session.execute(query).rowcount == 1
 
     def update(self, export_id: str, **fields: Any) -> None:
         with self.db.transaction() as session:

@@ -7,14 +7,13 @@ stores nothing); `run` does the slow conversion, in a background thread or in th
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.errors import failure_reason
 from catalog.images import ImageCatalog
-from catalog.jobs import JobStore, process_owner
+from catalog.jobs import TRAIN_JOB, JobStore, owner_is_gone, process_owner
 from catalog.models import DEFAULT_PROJECT, ImageRecord
 from catalog.names import check_name
 from tiles.cog import write_cog
@@ -100,12 +99,21 @@ class Ingestor:
         except BaseException as exc:
             staging.unlink(missing_ok=True)
             self.images.discard(ticket.image_id)
-            self.jobs.fail(ticket.job_id, f"ingest failed: {exc}")
+            self.jobs.fail(ticket.job_id, f"ingest failed: {failure_reason(exc, staging)}")
             log.warning("ingest of image %s failed: %s", ticket.image_id, exc)
             raise
         finally:
             if ticket.remove_source:
                 ticket.source.unlink(missing_ok=True)
+
+
+INTERRUPTED = {
+    None: "interrupted: the process running this job stopped before it finished",
+    INGEST_JOB: "interrupted: the process converting this image stopped before the COG was "
+    "complete; the partial image was discarded, upload it again",
+    TRAIN_JOB: "interrupted: the process running this training stopped before it finished; "
+    "no version was published, start the training again",
+}
 
 
 def recover_interrupted(images: ImageCatalog, jobs: JobStore) -> list[str]:
@@ -115,24 +123,12 @@ def recover_interrupted(images: ImageCatalog, jobs: JobStore) -> list[str]:
     is left alone; so are jobs of other hosts, which only their own host can judge.
     """
     me = process_owner()
-    host = socket.gethostname()
     recovered = []
     for job in jobs.unfinished():
-        owner_host, _, pid = job.owner.rpartition(":")
-        if job.owner != me and (owner_host != host or _pid_alive(pid)):
+        if job.owner != me and not owner_is_gone(job.owner):
             continue
-        jobs.fail(job.id, "interrupted: the process running this job stopped before it finished")
+        jobs.fail(job.id, INTERRUPTED.get(job.kind, INTERRUPTED[None]))
         if job.kind == INGEST_JOB and job.image_id:
             images.discard(job.image_id)
         recovered.append(job.id)
     return recovered
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,10 +15,31 @@ from catalog.errors import JobNotFoundError
 from catalog.models import DEFAULT_PROJECT, JobRecord, JobStatus, utcnow
 from catalog.projects import scoped, visible
 
+TRAIN_JOB = "train"  # kinds judged here; ingest's is catalog.ingest.INGEST_JOB
+
 
 def process_owner() -> str:
     """Identifies the process running a job, so orphans can be told from live work."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """Whether the process named by `owner` (see process_owner) has certainly stopped: it ran on
+    this host and its pid is dead. Work of other hosts is never judged gone from here."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    return not _pid_alive(pid)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JobStore:

@@ -142,6 +142,8 @@ class DetectorVersionRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     source: Mapped[str] = mapped_column(String(64), default="import")
+    # The annotation set's revision a trained version learnt from (its metrics score that one).
+    annotation_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

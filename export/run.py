@@ -36,6 +36,10 @@ class ExportInputError(ValueError):
     """An export that cannot start as asked (AOI, format, bands); nothing has been started."""
 
 
+class ExportFailedError(RuntimeError):
+    """Every cell of an export failed: there is nothing to write (a disk-full error says so)."""
+
+
 # The AOI is one area, not a label set: the annotations' total is plenty.
 MAX_AOI_VERTICES = 100_000
 
@@ -209,6 +213,9 @@ def run_export(
     state = sweep(client, name, jobs, options, on_progress, cancelled)
     if state.cancelled:
         return ExportOutcome("cancelled", state, {}, time.perf_counter() - started)
+    if state.failed and not state.done:
+        first = next(iter(state.failed.values()))
+        raise ExportFailedError(f"all {len(state.failed)} cells failed; the first with: {first}")
     summary = write_result(source, jobs, out_path, fmt, target_crs)
     outcome = "partial" if state.failed else "done"
     return ExportOutcome(outcome, state, summary.as_dict(), time.perf_counter() - started)
@@ -239,3 +246,17 @@ def write_result(
     finally:
         staging.unlink(missing_ok=True)
     return summary
+
+
+def remove_staging_files(export_dir: str | Path) -> list[Path]:
+    """Delete the half-written files (`.*.partial*`: cells, markers, outputs) a stopped run left
+    in an export's folder; call it only while no other run of that export writes there."""
+    removed = []
+    root = Path(export_dir)
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(".*.partial*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

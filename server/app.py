@@ -24,6 +24,7 @@ from server.openapi import install_openapi
 from server.routers import detections, exports, imagery, images, training, wmts
 from server.services import build_services
 from server.settings import Settings
+from server.uploads import remove_orphan_uploads
 
 log = logging.getLogger("tiledetect")
 VERSION = "0.1.0"
@@ -47,6 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recovered = recover_interrupted(services.images, services.jobs)
         if recovered:
             log.warning("marked %d interrupted job(s) as failed: %s", len(recovered), recovered)
+        leftovers = (
+            remove_orphan_uploads(settings.upload_dir)
+            + services.training.remove_orphan_work()
+            + services.detectors.remove_orphans()
+        )
+        if leftovers:
+            log.warning("removed %d file(s) left by stopped processes", len(leftovers))
         app.state.services = services
         resumed = services.exports.resume_unfinished()
         if resumed:

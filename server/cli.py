@@ -572,6 +572,7 @@ def detect(
     Cells finished by an interrupted run of the same command are kept and skipped.
     """
     from export.cli_run import run_detect_command
+    from export.run import ExportFailedError
 
     settings = Settings()
     try:
@@ -585,7 +586,7 @@ def detect(
             cell_px=cell_px,
             progress_bar=_progress_bar,
         )
-    except (TileDetectError, ValueError) as exc:
+    except (TileDetectError, ValueError, ExportFailedError) as exc:
         console.print(f"[red]{exc}")
         raise typer.Exit(code=1) from exc
     typer.echo(json.dumps(summary))

@@ -16,8 +16,10 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from catalog.blobstore import BlobStore, gdal_options_for_path
+from catalog.errors import failure_reason
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
+from catalog.jobs import owner_is_gone, process_owner
 from catalog.models import ExportRecord, ExportState, utcnow
 from catalog.projects import owner
 from export.cluster import connect
@@ -26,6 +28,7 @@ from export.run import (
     ExportSource,
     aoi_in_image_crs,
     plan_cells,
+    remove_staging_files,
     run_export,
     write_result,
 )
@@ -116,15 +119,28 @@ class ExportService:
             if export_id in self._threads:
                 return record
             self._cancel.discard(export_id)
-        self.store.update(export_id, state=ExportState.QUEUED, error=None, finished_at=None)
+        self.store.update(
+            export_id,
+            state=ExportState.QUEUED,
+            error=None,
+            finished_at=None,
+            owner=process_owner(),
+        )
         self._launch(export_id)
         return self.store.get(export_id)
 
     def resume_unfinished(self) -> list[str]:
-        """On start-up: pick up exports a previous server process left queued or running."""
-        ids = [r.id for r in self.store.unfinished()]
-        for export_id in ids:
-            self._launch(export_id)
+        """On start-up: pick up exports a stopped server process left queued or running. An
+        export is claimed first, so of several processes starting at once only one resumes it,
+        and one whose owner still runs (another worker of this server) is left to it."""
+        me = process_owner()
+        ids = []
+        for record in self.store.unfinished():
+            if record.owner != me and not owner_is_gone(record.owner):
+                continue
+            if self.store.claim(record.id, record.owner, me):
+                ids.append(record.id)
+                self._launch(record.id)
         return ids
 
     def result_key(self, record: ExportRecord) -> str | None:
@@ -166,7 +182,12 @@ class ExportService:
             self._sweep(export_id)
         except Exception as exc:  # a job must end in a truthful state, whatever went wrong
             log.exception("export %s failed", export_id)
-            self.store.finish(export_id, ExportState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self._remove_outputs(export_id)  # a failed export lists no file; its cells stay
+            self.store.finish(
+                export_id,
+                ExportState.FAILED,
+                error=f"{type(exc).__name__}: {failure_reason(exc, self._writing_dir(export_id))}",
+            )
         finally:
             with self._lock:
                 self._threads.pop(export_id, None)
@@ -185,6 +206,10 @@ class ExportService:
             image_meta=image.meta,
         )
         prefix = export_prefix(export_id)
+        if self.blobs.is_local:
+            # This process owns the export now: half-written files of an earlier run are garbage.
+            # (An object store never shows a half-written object: its staging is local.)
+            remove_staging_files(self.blobs.path(prefix))
         jobs = plan_cells(
             source,
             self.blobs.ref(prefix),  # cells are written straight into the store by the workers
@@ -254,6 +279,20 @@ class ExportService:
             result_bytes=result_bytes,
             eta_seconds=0.0,
         )
+
+    def _writing_dir(self, export_id: str):
+        """The local folder this export's files are written in (its free space tells a full disk
+        behind GDAL's vague write errors): the export's folder, or the object store's staging."""
+        return self.blobs.staging_path(f"{export_prefix(export_id)}/result").parent
+
+    def _remove_outputs(self, export_id: str) -> None:
+        prefix = export_prefix(export_id)
+        for key in self.blobs.list(prefix):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith("result.") or name == LAYER_SOURCE:
+                self.blobs.delete_prefix(key)
+        if self.blobs.is_local:
+            remove_staging_files(self.blobs.path(prefix))
 
     def close(self) -> None:
         self._stopping.set()

@@ -111,6 +111,7 @@ class DetectorVersionOut(BaseModel):
     created_at: datetime
     source: str
     onnx_bytes: int
+    annotation_revision: int | None = None
     metrics: dict[str, Any] | None = None
 
 

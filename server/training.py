@@ -9,12 +9,15 @@ import threading
 import time
 from typing import Any
 
+from distributed import KilledWorker
+
 from catalog.annotations import AnnotationStore
 from catalog.blobstore import BlobStore, gdal_options_for_path, open_blob_store
 from catalog.detectors import DetectorCatalog
+from catalog.errors import JobNotFoundError, failure_reason
 from catalog.images import ImageCatalog
-from catalog.jobs import JobStore
-from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord
+from catalog.jobs import TRAIN_JOB, JobStore
+from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord, JobStatus
 from catalog.names import check_name
 from catalog.projects import owner
 from inference.session import load_detector
@@ -23,12 +26,13 @@ from server.exports import ExportService
 from server.settings import Settings
 from trainer.annotations import AnnotationError, Annotations, parse_annotations
 from trainer.data import ImageSource
-from trainer.job import TrainingTask, read_progress, run_training
+from trainer.job import TrainingTask, read_attempts, read_progress, run_training, write_report
 from trainer.train import TrainingRequest
 
 log = logging.getLogger("tiledetect.training")
 
-TRAIN_JOB = "train"
+TRAINING_PREFIX = "training"  # blob-store folders of trainings in flight, one per job
+
 MAX_CLASSES = 16
 HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 
@@ -191,21 +195,30 @@ class TrainingService:
         for source in sources.values():
             options |= gdal_options_for_path(source.cog_path)
         task = TrainingTask(
-            request, self.blobs.ref(f"training/{job.id}"), tuple(sorted(options.items()))
+            request, self.blobs.ref(f"{TRAINING_PREFIX}/{job.id}"), tuple(sorted(options.items()))
         )
+        # The version records the revision it learnt from: the annotations may change meanwhile.
+        revision = stored.revision if stored else 0
         thread = threading.Thread(
-            target=self._run, args=(job.id, detector_id, task), name=f"train-{job.id}", daemon=True
+            target=self._run,
+            args=(job.id, detector_id, task, revision),
+            name=f"train-{job.id}",
+            daemon=True,
         )
         self._threads[job.id] = thread
         thread.start()
         return self.jobs.get(job.id)
 
-    def _run(self, job_id: str, detector_id: str, task: TrainingTask) -> None:
+    def _run(self, job_id: str, detector_id: str, task: TrainingTask, revision: int) -> None:
         work = open_blob_store(
             task.work_dir,
             cache_dir=self.settings.blob_cache_dir,
             staging_dir=self.settings.staging_dir,
         )
+        # Where free space tells a full disk behind a vague write error (a remote store's
+        # trainings write on their worker).
+        written = work.local_root() if work.is_local else self.settings.staging_dir
+        attempts: list[dict] = []
         try:
             self.jobs.start(job_id, "waiting for a worker")
             client = self.exports.client()
@@ -217,15 +230,39 @@ class TrainingService:
                 resources=self.settings.dask_resources(),
             )
             while not future.done():
+                attempts = read_attempts(work) or attempts
                 progress = read_progress(work)
                 if progress is not None:
                     message = (
                         f"step {progress['step']} · loss {progress['loss']:.3f} · "
                         f"{progress['seconds_left']:.0f} s left"
                     )
-                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, progress)
+                    if len(attempts) > 1:
+                        message += f" · on {_worker(attempts[-1])}, try {len(attempts)}"
+                    details = {**progress, "attempts": attempts}
+                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, details)
+                elif len(attempts) > 1:
+                    self.jobs.report(
+                        job_id,
+                        0.0,
+                        f"worker {_worker(attempts[-2])} was lost; restarting on "
+                        f"{_worker(attempts[-1])}",
+                        {"attempts": attempts},
+                    )
                 time.sleep(0.5)
-            report = future.result()
+            try:
+                report = future.result()
+            except KilledWorker as exc:
+                attempts = read_attempts(work) or attempts
+                lost = ", ".join(_worker(a) for a in attempts) or "unknown"
+                raise TrainingLostError(
+                    f"the Dask worker running this training died (worker: {lost}) more often "
+                    f"than the scheduler retries; no version was published ({exc})"
+                ) from exc
+            attempts = read_attempts(work) or attempts
+            report["annotation_revision"] = revision
+            report["attempts"] = len(attempts) or 1
+            write_report(work, report)
             self.jobs.report(job_id, 0.95, "publishing the new version", read_progress(work) or {})
             model = work.local_path("model.onnx")  # a download when the store is remote
             version = self.detectors.add_version(
@@ -238,6 +275,7 @@ class TrainingService:
                     "report.json": work.local_path("report.json"),
                     "predictions.geojson": work.local_path("predictions.geojson"),
                 },
+                annotation_revision=revision,
             )
             self.layers.forget([])  # the latest version changed: serve it at once
             self.jobs.succeed(
@@ -245,6 +283,8 @@ class TrainingService:
                 {
                     "detector_id": detector_id,
                     "version": version.number,
+                    "annotation_revision": revision,
+                    "attempts": attempts,
                     "metrics": report.get("metrics"),
                     "report": {k: v for k, v in report.items() if k != "metrics"},
                 },
@@ -252,10 +292,26 @@ class TrainingService:
             )
         except Exception as exc:  # the job must end in a truthful state, whatever happened
             log.exception("training %s failed", job_id)
-            self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+            self.jobs.fail(job_id, f"{type(exc).__name__}: {failure_reason(exc, written)}")
         finally:
-            self.blobs.delete_prefix(f"training/{job_id}")  # and its local copies
+            self.blobs.delete_prefix(f"{TRAINING_PREFIX}/{job_id}")  # and its local copies
             self._threads.pop(job_id, None)
+
+    def remove_orphan_work(self) -> list[str]:
+        """At startup, after interrupted jobs were failed: delete training folders whose job is
+        over (a killed server leaves its trainings' folders; live jobs of other processes keep
+        theirs)."""
+        job_ids = {key.split("/")[1] for key in self.blobs.list(TRAINING_PREFIX) if "/" in key}
+        removed = []
+        for job_id in sorted(job_ids):
+            try:
+                over = self.jobs.get(job_id).status in JobStatus.FINISHED
+            except JobNotFoundError:
+                over = True
+            if over:
+                self.blobs.delete_prefix(f"{TRAINING_PREFIX}/{job_id}")
+                removed.append(job_id)
+        return removed
 
 
 def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
@@ -265,3 +321,11 @@ def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
         return exc
     message = str(exc).replace(f"feature {index}", f"feature {indexes[index]}", 1)
     return AnnotationError(message, indexes[index])
+
+
+class TrainingLostError(RuntimeError):
+    """The workers that ran a training all died before it finished."""
+
+
+def _worker(attempt: dict) -> str:
+    return str(attempt.get("name") or attempt.get("worker") or f"pid {attempt.get('pid')}")

@@ -12,6 +12,7 @@ from python_multipart.multipart import FormParser, parse_options_header
 from starlette import status
 from starlette.requests import Request
 
+from catalog.jobs import owner_is_gone, process_owner
 from server.errors import UploadError
 
 # Names end up in the catalogue and in downloads: keep them to one plain path component.
@@ -38,7 +39,7 @@ async def receive_file(request: Request, upload_dir: Path, field: str, max_bytes
         raise UploadError(_too_large(max_bytes), status.HTTP_413_CONTENT_TOO_LARGE)
 
     # A private directory per request: an aborted body leaves parts the parser never handed over.
-    incoming = upload_dir / f".incoming-{uuid.uuid4().hex}"
+    incoming = upload_dir / f".incoming-{_owner_tag()}-{uuid.uuid4().hex}"
     incoming.mkdir(parents=True)
     try:
         part = await _parse_single_file(request, incoming, field, max_bytes)
@@ -47,7 +48,7 @@ async def receive_file(request: Request, upload_dir: Path, field: str, max_bytes
             raise UploadError(_too_large(max_bytes), status.HTTP_413_CONTENT_TOO_LARGE)
         if part.size == 0:
             raise UploadError("the uploaded file is empty")
-        final = upload_dir / f"{uuid.uuid4().hex}.upload"
+        final = upload_dir / f"{_owner_tag()}-{uuid.uuid4().hex}.upload"
         Path(part.actual_file_name.decode()).rename(final)
         return Upload(filename=filename, path=final, size=part.size)
     finally:
@@ -89,6 +90,35 @@ async def _parse_single_file(request: Request, incoming: Path, field: str, max_b
     if len(wanted) > 1:
         raise UploadError(f"send one file per request in the field '{field}'")
     return wanted[0]
+
+
+def _owner_tag() -> str:
+    """Names this process in upload file names, so a restart can tell its dead ones' leftovers."""
+    return process_owner().replace(":", "@")
+
+
+def remove_orphan_uploads(upload_dir: Path) -> list[str]:
+    """At startup: delete uploads (received or half-received) of processes that have stopped.
+
+    An upload is ingested, then deleted, by the process that received it; one killed on the way
+    leaves its file here. Files of live processes (other workers of this server) are kept.
+    """
+    removed = []
+    if not upload_dir.is_dir():
+        return removed
+    for path in upload_dir.iterdir():
+        match = _UPLOAD_NAME.fullmatch(path.name)
+        if match is None or not owner_is_gone(match["owner"].replace("@", ":")):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+_UPLOAD_NAME = re.compile(r"(?:\.incoming-)?(?P<owner>.+@\d+)-[0-9a-f]{32}(?:\.upload)?")
 
 
 def _clean_filename(raw: bytes | None) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,52 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
         yield server
     finally:
         stop_server(server)
+
+
+@contextmanager
+def dask_processes(log_path: Path, workers: int = 2, env: dict[str, str] | None = None):
+    """A `dask scheduler` and `workers` `dask worker` processes (one thread each, named w0, w1,
+    ...) on loopback, importing this checkout. No nanny: a killed worker stays dead, as when a
+    machine goes away. Yields the scheduler address and the worker processes."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    logs = open(log_path, "wb")  # noqa: SIM115 - closed below
+    common = ["--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), *common],
+        stdout=logs, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--name",
+                f"w{i}",
+                *common,
+            ],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+        for i in range(workers)
+    ]
+    try:
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address, processes
+    finally:
+        for process in [*processes, scheduler]:
+            process.kill()
+            process.wait()
+        logs.close()
 
 
 def run_cli(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -33,8 +33,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.conftest import (
     BIN,
-    REPO,
-    free_port,
+    dask_processes,
     start_server,
     upload,
     write_dem_tif,
@@ -317,54 +316,9 @@ def test_a_cell_that_keeps_failing_is_reported_and_a_resume_completes(
 
 @pytest.fixture
 def dask_cluster(tmp_path):
-    """A `dask scheduler` and two `dask worker` processes on loopback (no nanny: a killed worker
-    stays dead, as when a machine goes away)."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    logs = open(tmp_path / "dask.log", "wb")  # noqa: SIM115
-    scheduler = subprocess.Popen(
-        [
-            str(BIN / "dask"),
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-dashboard",
-        ],
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    workers = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "worker",
-                address,
-                "--nthreads",
-                "1",
-                "--no-nanny",
-                "--no-dashboard",
-                "--name",
-                f"w{i}",
-            ],
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    try:
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address, workers
-    finally:
-        for process in [*workers, scheduler]:
-            process.kill()
-            process.wait()
-        logs.close()
+    """A `dask scheduler` and two `dask worker` processes on loopback."""
+    with dask_processes(tmp_path / "dask.log") as cluster:
+        yield cluster
 
 
 def test_cli_export_on_a_real_scheduler_and_workers(

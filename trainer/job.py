@@ -8,6 +8,7 @@ The work folder is a blob ref: a shared directory (trained in place), or an s3:/
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from trainer.loop import TrainProgress
 from trainer.train import TrainingRequest, train_detector
 
 PROGRESS_FILE = "progress.json"
-OUTPUT_FILES = ("model.onnx", "report.json", "predictions.geojson")
+ATTEMPTS_FILE = "attempts.json"  # the workers that started this task, oldest first
+REPORT_FILE = "report.json"
+OUTPUT_FILES = ("model.onnx", REPORT_FILE, "predictions.geojson")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class TrainingTask:
 def run_training(task: TrainingTask) -> dict:
     apply_gdal_options(dict(task.gdal_options))
     store = open_blob_store(task.work_dir)
+    # Dask reruns the task elsewhere when its worker dies: say so, and start clean so nothing of
+    # the lost attempt can be published as this one's.
+    _record_attempt(store)
+    for name in (PROGRESS_FILE, *OUTPUT_FILES):
+        store.delete_prefix(name)
     if store.is_local:
         return _train(task, store.local_root(), store)
     with tempfile.TemporaryDirectory(prefix="tiledetect-train-") as folder:
@@ -76,7 +84,36 @@ def write_progress(store: BlobStore, value: dict) -> None:
 
 
 def read_progress(store: BlobStore) -> dict | None:
+    return _read_json(store, PROGRESS_FILE)
+
+
+def write_report(store: BlobStore, report: dict) -> None:
+    """Rewrite report.json (atomically), e.g. with what the server adds before publishing."""
+    store.put_bytes(json.dumps(report, indent=1).encode(), REPORT_FILE)
+
+
+def _record_attempt(store: BlobStore) -> None:
     try:
-        return json.loads(store.read_bytes(PROGRESS_FILE))
+        from distributed import get_worker
+
+        worker = get_worker()
+        who = {"worker": worker.address, "name": str(worker.name)}
+    except ValueError:  # not on a Dask worker (called directly)
+        who = {"worker": None, "name": None}
+    # Read-modify-write is safe: the scheduler runs one attempt of a task at a time.
+    attempts = read_attempts(store)
+    attempts.append({**who, "pid": os.getpid(), "started": time.time()})
+    store.put_bytes(json.dumps(attempts).encode(), ATTEMPTS_FILE)
+
+
+def read_attempts(store: BlobStore) -> list[dict]:
+    """The workers that started the task so far, oldest first."""
+    attempts = _read_json(store, ATTEMPTS_FILE)
+    return attempts if isinstance(attempts, list) else []
+
+
+def _read_json(store: BlobStore, key: str):
+    try:
+        return json.loads(store.read_bytes(key))
     except (FileNotFoundError, json.JSONDecodeError):
         return None

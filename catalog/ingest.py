@@ -7,15 +7,14 @@ stores nothing); `run` does the slow conversion, in a background thread or in th
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.images import ImageCatalog
-from catalog.jobs import JobStore, process_owner
+from catalog.jobs import JobStore
 from catalog.models import ImageRecord
+from catalog.owners import owner_alive, process_owner
 from tiles.cog import write_cog
 from tiles.metadata import describe_cog
 from tiles.source import SourceInfo, SourceLimits, inspect_source
@@ -100,28 +99,21 @@ class Ingestor:
 def recover_interrupted(images: ImageCatalog, jobs: JobStore) -> list[str]:
     """At startup: fail jobs whose process is gone, and discard their half-ingested images.
 
-    A job owned by a live process on this host (a `tiledetect ingest` running beside the server)
-    is left alone; so are jobs of other hosts, which only their own host can judge.
+    A job owned by a live process on this host (a `tiledetect ingest` running beside the server,
+    another worker of the same server) is left alone; so are jobs of other hosts, which only their
+    own host can judge. Each orphan is claimed atomically, so when several server processes start
+    at once exactly one of them fails it and removes its image.
     """
-    me = process_owner()
-    host = socket.gethostname()
+    me = process_owner()  # an earlier app in this very process (tests) left these behind
     recovered = []
     for job in jobs.unfinished():
-        owner_host, _, pid = job.owner.rpartition(":")
-        if job.owner != me and (owner_host != host or _pid_alive(pid)):
+        if job.owner != me and owner_alive(job.owner) is not False:
             continue
-        jobs.fail(job.id, "interrupted: the process running this job stopped before it finished")
+        error = "interrupted: the process running this job stopped before it finished"
+        if not jobs.fail_orphan(job.id, job.owner, error):
+            continue  # another process recovered it first
         if job.kind == INGEST_JOB and job.image_id:
             images.discard(job.image_id)
         recovered.append(job.id)
     return recovered
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
     return True

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from catalog.db import Database
 from catalog.errors import JobNotFoundError
 from catalog.models import JobRecord, JobStatus, utcnow
+from catalog.owners import process_owner  # identifies a job's process: orphans vs live work
 
-
-def process_owner() -> str:
-    """Identifies the process running a job, so orphans can be told from live work."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class JobStore:
@@ -83,8 +79,29 @@ class JobStore:
             job_id, status=JobStatus.FAILED, error=error, message="failed", finished_at=utcnow()
         )
 
+    def fail_orphan(self, job_id: str, owner: str, error: str) -> bool:
+        """Fail an unfinished job still owned by `owner` (a process found dead). Atomic: of
+        several processes recovering at once (server workers, replicas) exactly one wins."""
+        claim = (
+            update(JobRecord)
+            .where(
+                JobRecord.id == job_id,
+                JobRecord.owner == owner,
+                JobRecord.status.in_(UNFINISHED),
+            )
+            .values(
+                status=JobStatus.FAILED,
+                error=error,
+                message="failed",
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        with self.db.transaction() as session:
+            return session.execute(claim).rowcount == 1
+
     def unfinished(self) -> list[JobRecord]:
-        query = select(JobRecord).where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        query = select(JobRecord).where(JobRecord.status.in_(UNFINISHED))
         with self.db.transaction() as session:
             return list(session.scalars(query))
 

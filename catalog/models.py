@@ -6,7 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -142,7 +152,14 @@ class ExportRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     result_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The process driving the sweep (catalog.owners), renewing its lease while it runs; another
+    # process adopts the export only once that owner is dead or its lease has lapsed.
     owner: Mapped[str] = mapped_column(String(128), default="")
+    lease_renewed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    # Asked through any server process; the owner's sweep sees it and stops.
+    cancel_requested: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC
 
 from pyproj import CRS
@@ -20,6 +21,7 @@ from catalog.blobstore import LocalBlobStore
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
+from catalog.owners import process_owner
 from export.cluster import connect
 from export.run import (
     ExportInputError,
@@ -59,6 +61,7 @@ class ExportService:
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: set[str] = set()
         self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # Requests ----------------------------------------------------------------------------------
 
@@ -94,17 +97,24 @@ class ExportService:
         return self.store.get(record.id)
 
     def cancel(self, export_id: str) -> ExportRecord:
+        """Stop an export, whichever server process drives it: the driver's sweep sees the
+        request in the database; an export no live process drives is ended here."""
         record = self.store.get(export_id)
         if record.state in ExportState.UNFINISHED:
             with self._lock:
                 running = export_id in self._threads
-                self._cancel.add(export_id)
+                if running:
+                    self._cancel.add(export_id)
             if not running:
-                self.store.finish(export_id, ExportState.CANCELLED)
+                self.store.request_cancel(export_id)
+                orphan = self.store.orphaned(record, self.settings.export_lease_s)
+                if (orphan and self.store.claim(record)) or record.owner == process_owner():
+                    self.store.finish(export_id, ExportState.CANCELLED)
         return self.store.get(export_id)
 
     def resume(self, export_id: str) -> ExportRecord:
-        """Continue an export that did not finish cleanly; cells already done are skipped."""
+        """Continue an export that did not finish cleanly; cells already done are skipped.
+        One that a live server process drives is left to it."""
         record = self.store.get(export_id)
         if record.state == ExportState.DONE:
             return record
@@ -112,16 +122,35 @@ class ExportService:
             if export_id in self._threads:
                 return record
             self._cancel.discard(export_id)
-        self.store.update(export_id, state=ExportState.QUEUED, error=None, finished_at=None)
-        self._launch(export_id)
+        if record.state in ExportState.UNFINISHED:
+            mine = record.owner == process_owner()
+            orphan = self.store.orphaned(record, self.settings.export_lease_s)
+            if mine or (orphan and self.store.claim(record)):
+                self._launch(export_id)
+        elif self.store.reopen(export_id):
+            self._launch(export_id)
         return self.store.get(export_id)
 
-    def resume_unfinished(self) -> list[str]:
-        """On start-up: pick up exports a previous server process left queued or running."""
-        ids = [r.id for r in self.store.unfinished()]
-        for export_id in ids:
-            self._launch(export_id)
-        return ids
+    def resume_unfinished(self, *, startup: bool = True) -> list[str]:
+        """On start-up, and then periodically: adopt the exports whose process died (a previous
+        server, another worker or replica) and drive them here. Each is claimed atomically, so
+        several processes starting at once resume it exactly once."""
+        me = process_owner()
+        adopted = []
+        for record in self.store.unfinished():
+            with self._lock:
+                if record.id in self._threads:
+                    continue
+            # At start-up this process's own unfinished exports were left by an earlier app in
+            # it (tests reopen one); later they are this app's, between records and threads.
+            if (startup and record.owner == me) or (
+                self.store.orphaned(record, self.settings.export_lease_s)
+                and self.store.claim(record)
+            ):
+                self._launch(record.id)
+                adopted.append(record.id)
+        self._start_keeper()
+        return adopted
 
     def result_path(self, record: ExportRecord):
         return self.blobs.path(record.result_key) if record.result_key else None
@@ -144,6 +173,40 @@ class ExportService:
                 )
             return self._client
 
+    def _start_keeper(self) -> None:
+        with self._lock:
+            if self._keeper is not None:
+                return
+            self._keeper = threading.Thread(target=self._keep, name="export-leases", daemon=True)
+        self._keeper.start()
+
+    def _keep(self) -> None:
+        """Renew this process's leases; adopt exports whose owner has gone since."""
+        period = self.settings.export_lease_s / 4
+        while not self._stopping.wait(period):
+            try:
+                self.store.renew_leases()
+                adopted = self.resume_unfinished(startup=False)
+                if adopted:
+                    log.warning("adopted %d orphaned export(s): %s", len(adopted), adopted)
+            except Exception:  # the database may be briefly unreachable; try again next period
+                log.exception("renewing export leases failed")
+
+    def _cancel_requested(self, export_id: str) -> Callable[[], bool]:
+        """The sweep's cancellation test: asked here, asked in the database through another
+        process (read at most once a second), or this process is stopping."""
+        last = {"time": 0.0, "asked": False}
+
+        def asked() -> bool:
+            if export_id in self._cancel or self._stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - last["time"] >= 1.0:
+                last.update(time=now, asked=bool(self.store.get(export_id).cancel_requested))
+            return last["asked"]
+
+        return asked
+
     def _launch(self, export_id: str) -> None:
         thread = threading.Thread(
             target=self._run, args=(export_id,), name=f"export-{export_id}", daemon=True
@@ -157,6 +220,8 @@ class ExportService:
             self._sweep(export_id)
         except Exception as exc:  # a job must end in a truthful state, whatever went wrong
             log.exception("export %s failed", export_id)
+            if self._stopping.is_set():
+                return  # torn down mid-sweep: stays unfinished, adopted by the next process
             self.store.finish(export_id, ExportState.FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
@@ -209,18 +274,23 @@ class ExportService:
                 resources=self.settings.dask_resources(),
             ),
             on_progress=progress,
-            cancelled=lambda: export_id in self._cancel or self._stopping.is_set(),
+            cancelled=self._cancel_requested(export_id),
         )
         if outcome.state == "cancelled":
-            if self._stopping.is_set() and export_id not in self._cancel:
+            asked = export_id in self._cancel or self.store.get(export_id).cancel_requested
+            if self._stopping.is_set() and not asked:
                 return  # server shutting down: stays `running`, resumed on the next start
             self.store.finish(export_id, ExportState.CANCELLED)
+            return
+        if self.store.get(export_id).owner != process_owner():
+            log.warning("export %s was taken over by another process; not publishing", export_id)
             return
         if output.name != "gpkg" and record.aoi is None:
             write_result(source, jobs, export_dir / LAYER_SOURCE, format_named("gpkg"))
         elif record.aoi is None:
+            (export_dir / LAYER_SOURCE).unlink(missing_ok=True)  # left by a run killed here
             os.link(self.blobs.path(out_key), export_dir / LAYER_SOURCE)
-        self.store.finish(
+        published = self.store.finish(
             export_id,
             ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
             summary=outcome.summary,
@@ -232,6 +302,8 @@ class ExportService:
             result_bytes=self.blobs.path(out_key).stat().st_size,
             eta_seconds=0.0,
         )
+        if not published:
+            log.warning("export %s ended elsewhere while it was merged here", export_id)
 
     def close(self) -> None:
         self._stopping.set()

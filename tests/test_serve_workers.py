@@ -9,6 +9,7 @@ The detector is the seam test's exact colour classifier, so the painted objects 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,17 @@ import pytest
 
 from catalog.db import Database
 from catalog.exports import ExportStore
-from catalog.models import ExportState
+from catalog.jobs import JobStore
+from catalog.models import (
+    DetectorRecord,
+    DetectorVersionRecord,
+    ExportRecord,
+    ExportState,
+    ImageRecord,
+    JobRecord,
+    JobStatus,
+)
+from catalog.owners import process_owner
 from inference.metrics import match_objects
 from tests.conftest import LiveServer, start_server, stop_server, upload
 from tests.test_export_seams import CELL_PX, GEOREFS, Scene, write_scene
@@ -177,3 +188,50 @@ def test_a_killed_server_resumes_its_export_once_across_workers(scene, tmp_path)
     assert "adopted" not in log
     owner = store.get(kept["id"]).owner
     assert int(owner.split(":")[1]) in pids
+
+
+def test_an_orphan_is_claimed_by_exactly_one_of_many_at_once(tmp_path):
+    """The claims behind start-up recovery, raced by threads: one wins each orphan."""
+    db = Database(f"sqlite:///{tmp_path / 'race.db'}")
+    dead = "elsewhere:7:1"  # another host's process whose lease lapsed long ago
+    with db.transaction() as session:
+        image = ImageRecord(name="i")
+        detector = DetectorRecord(name="d", classes=["c"])
+        session.add_all([image, detector])
+        session.flush()
+        version = DetectorVersionRecord(
+            detector_id=detector.id, number=1, onnx_key="k", onnx_bytes=1, spec={}
+        )
+        session.add(version)
+        session.flush()
+        export = ExportRecord(
+            detector_id=detector.id,
+            version_id=version.id,
+            version_number=1,
+            image_id=image.id,
+            format="gpkg",
+            state=ExportState.RUNNING,
+            owner=dead,
+        )
+        job = JobRecord(kind="ingest", status=JobStatus.RUNNING, owner=dead, image_id=image.id)
+        session.add_all([export, job])
+    exports, jobs = ExportStore(db), JobStore(db)
+    record = exports.get(export.id)
+    assert exports.orphaned(record, lease_s=60)
+    won: dict[str, list[bool]] = {"job": [], "export": []}
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        won["export"].append(exports.claim(record))
+        won["job"].append(jobs.fail_orphan(job.id, dead, "interrupted"))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won["export"]) == sorted(won["job"]) == [False] * 7 + [True]
+    assert jobs.get(job.id).status == JobStatus.FAILED
+    claimed = exports.get(export.id)
+    assert claimed.owner == process_owner() and not exports.orphaned(claimed, lease_s=60)

@@ -15,10 +15,9 @@ PORT ?= 8000
 # Quick when nothing changed: the stamp is newer than pyproject.toml.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,$(ACCEL)]"
+# The same script the Dockerfile's build stages run, so CI tests the image's install step.
+$(STAMP): pyproject.toml Makefile scripts/install-python.sh
+	PYTHON=$(PYTHON) bash scripts/install-python.sh $(ACCEL) $(VENV) dev --editable
 	@touch $(STAMP)
 
 # Debian packages the tests drive as real clients (GDAL's command-line tools).

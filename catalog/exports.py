@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
 from catalog.db import Database
 from catalog.errors import ExportNotFoundError
-from catalog.jobs import process_owner
 from catalog.models import ExportRecord, ExportState, utcnow
+from catalog.owners import owner_alive, process_owner
 from catalog.projects import scoped, visible
+
+# States a finished export can be resumed from (`done` is final).
+RESUMABLE = (ExportState.PARTIAL, ExportState.FAILED, ExportState.CANCELLED)
 
 
 def export_prefix(export_id: str) -> str:
@@ -23,7 +27,7 @@ class ExportStore:
         self.db = db
 
     def create(self, **fields: Any) -> ExportRecord:
-        record = ExportRecord(owner=process_owner(), **fields)
+        record = ExportRecord(owner=process_owner(), lease_renewed_at=utcnow(), **fields)
         with self.db.transaction() as session:
             session.add(record)
         return record
@@ -60,16 +64,6 @@ class ExportStore:
         with self.db.transaction() as session:
             return session.scalars(query).first()
 
-    def claim(self, export_id: str, previous_owner: str, owner: str) -> bool:
-        """Take over an export from `previous_owner`; False when another process was first."""
-        query = (
-            update(ExportRecord)
-            .where(ExportRecord.id == export_id, ExportRecord.owner == previous_owner)
-            .values(owner=owner, updated_at=utcnow())
-        )
-        with self.db.transaction() as session:
-            return session.execute(query).rowcount == 1
-
     def update(self, export_id: str, **fields: Any) -> None:
         with self.db.transaction() as session:
             record = session.get(ExportRecord, export_id)
@@ -79,5 +73,79 @@ class ExportStore:
                 setattr(record, name, value)
             record.updated_at = utcnow()
 
-    def finish(self, export_id: str, state: str, **fields: Any) -> None:
-        self.update(export_id, state=state, finished_at=utcnow(), **fields)
+    def finish(self, export_id: str, state: str, **fields: Any) -> bool:
+        """Record the end of an unfinished export this process owns; False (and nothing
+        written) when it has ended already or another process has taken it over."""
+        return self._set(
+            export_id,
+            (ExportRecord.owner == process_owner(), ExportRecord.state.in_(ExportState.UNFINISHED)),
+            state=state,
+            finished_at=utcnow(),
+            **fields,
+        )
+
+    # Ownership: one process drives an export's sweep, whichever server process asked for it.
+
+    def orphaned(self, record: ExportRecord, lease_s: float) -> bool:
+        """Unfinished, and its owner is dead (this host) or has not renewed its lease in time."""
+        if record.state not in ExportState.UNFINISHED or record.owner == process_owner():
+            return False
+        alive = owner_alive(record.owner)
+        if alive is not None:
+            return not alive
+        renewed = record.lease_renewed_at
+        if renewed is None:
+            return True
+        if renewed.tzinfo is None:  # SQLite returns naive datetimes
+            renewed = renewed.replace(tzinfo=UTC)
+        return datetime.now(UTC) - renewed > timedelta(seconds=lease_s)
+
+    def claim(self, record: ExportRecord) -> bool:
+        """Take over an orphaned export. Atomic: it succeeds only while the owner is still the
+        one `record` shows, so of several processes adopting it at once exactly one wins."""
+        return self._set(
+            record.id,
+            (ExportRecord.owner == record.owner, ExportRecord.state.in_(ExportState.UNFINISHED)),
+            owner=process_owner(),
+            lease_renewed_at=utcnow(),
+        )
+
+    def reopen(self, export_id: str) -> bool:
+        """Queue a finished, not-done export again, owned by this process; atomic too."""
+        return self._set(
+            export_id,
+            (ExportRecord.state.in_(RESUMABLE),),
+            state=ExportState.QUEUED,
+            owner=process_owner(),
+            lease_renewed_at=utcnow(),
+            cancel_requested=None,
+            error=None,
+            finished_at=None,
+        )
+
+    def renew_leases(self) -> int:
+        """This process is alive: renew the lease of every unfinished export it owns."""
+        claim = (
+            update(ExportRecord)
+            .where(
+                ExportRecord.owner == process_owner(),
+                ExportRecord.state.in_(ExportState.UNFINISHED),
+            )
+            .values(lease_renewed_at=utcnow())
+        )
+        with self.db.transaction() as session:
+            return session.execute(claim).rowcount
+
+    def request_cancel(self, export_id: str) -> bool:
+        return self._set(
+            export_id, (ExportRecord.state.in_(ExportState.UNFINISHED),), cancel_requested=True
+        )
+
+    def _set(self, export_id: str, conditions: tuple, **values: Any) -> bool:
+        statement = (
+            update(ExportRecord)
+            .where(ExportRecord.id == export_id, *conditions)
+            .values(updated_at=utcnow(), **values)
+        )
+        with self.db.transaction() as session:
+            return session.execute(statement).rowcount == 1

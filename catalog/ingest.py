@@ -13,9 +13,10 @@ from pathlib import Path
 
 from catalog.errors import failure_reason
 from catalog.images import ImageCatalog
-from catalog.jobs import TRAIN_JOB, JobStore, owner_is_gone, process_owner
+from catalog.jobs import TRAIN_JOB, JobStore
 from catalog.models import DEFAULT_PROJECT, ImageRecord
 from catalog.names import check_name
+from catalog.owners import owner_is_gone, process_owner
 from tiles.cog import write_cog
 from tiles.metadata import describe_cog
 from tiles.source import SourceInfo, SourceLimits, inspect_source
@@ -119,15 +120,18 @@ INTERRUPTED = {
 def recover_interrupted(images: ImageCatalog, jobs: JobStore) -> list[str]:
     """At startup: fail jobs whose process is gone, and discard their half-ingested images.
 
-    A job owned by a live process on this host (a `tiledetect ingest` running beside the server)
-    is left alone; so are jobs of other hosts, which only their own host can judge.
+    A job owned by a live process on this host (a `tiledetect ingest` running beside the server,
+    another worker of the same server) is left alone; so are jobs of other hosts, which only their
+    own host can judge. Each orphan is claimed atomically, so when several server processes start
+    at once exactly one of them fails it and removes its image.
     """
-    me = process_owner()
+    me = process_owner()  # an earlier app in this very process (tests) left these behind
     recovered = []
     for job in jobs.unfinished():
         if job.owner != me and not owner_is_gone(job.owner):
             continue
-        jobs.fail(job.id, INTERRUPTED.get(job.kind, INTERRUPTED[None]))
+        if not jobs.fail_orphan(job.id, job.owner, INTERRUPTED.get(job.kind, INTERRUPTED[None])):
+            continue  # another process recovered it first
         if job.kind == INGEST_JOB and job.image_id:
             images.discard(job.image_id)
         recovered.append(job.id)

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from catalog.db import Database
 from catalog.errors import JobNotFoundError
 from catalog.models import DEFAULT_PROJECT, JobRecord, JobStatus, utcnow
+from catalog.owners import process_owner  # identifies a job's process: orphans vs live work
 from catalog.projects import scoped, visible
 
 TRAIN_JOB = "train"  # kinds judged here; ingest's is catalog.ingest.INGEST_JOB
 
-
-def process_owner() -> str:
-    """Identifies the process running a job, so orphans can be told from live work."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_is_gone(owner: str) -> bool:
-    """Whether the process named by `owner` (see process_owner) has certainly stopped: it ran on
-    this host and its pid is dead. Work of other hosts is never judged gone from here."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    return not _pid_alive(pid)
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class JobStore:
@@ -108,8 +85,29 @@ class JobStore:
             job_id, status=JobStatus.FAILED, error=error, message="failed", finished_at=utcnow()
         )
 
+    def fail_orphan(self, job_id: str, owner: str, error: str) -> bool:
+        """Fail an unfinished job still owned by `owner` (a process found dead). Atomic: of
+        several processes recovering at once (server workers, replicas) exactly one wins."""
+        claim = (
+            update(JobRecord)
+            .where(
+                JobRecord.id == job_id,
+                JobRecord.owner == owner,
+                JobRecord.status.in_(UNFINISHED),
+            )
+            .values(
+                status=JobStatus.FAILED,
+                error=error,
+                message="failed",
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        with self.db.transaction() as session:
+            return session.execute(claim).rowcount == 1
+
     def unfinished(self) -> list[JobRecord]:
-        query = select(JobRecord).where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        query = select(JobRecord).where(JobRecord.status.in_(UNFINISHED))
         with self.db.transaction() as session:
             return list(session.scalars(query))
 

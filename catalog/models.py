@@ -6,8 +6,37 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator):
+    """Timestamps in UTC that come back timezone-aware: SQLite drops the offset and would hand
+    back naive datetimes, which the API would then send without one (not RFC 3339)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 def new_id() -> str:
@@ -39,7 +68,7 @@ class ProjectRecord(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ApiKeyRecord(Base):
@@ -54,8 +83,8 @@ class ApiKeyRecord(Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     prefix: Mapped[str] = mapped_column(String(32))  # the token's first characters, for lists
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class ImageStatus:
@@ -78,7 +107,7 @@ class ImageRecord(Base):
     project_id: Mapped[str | None] = project_column()
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PROCESSING, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     cog_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     cog_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     source_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -108,9 +137,9 @@ class JobRecord(Base):
         String(32), ForeignKey("images.id", ondelete="SET NULL"), nullable=True, index=True
     )
     detector_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class DetectorRecord(Base):
@@ -122,7 +151,7 @@ class DetectorRecord(Base):
     classes: Mapped[list[str]] = mapped_column(JSON, default=list)
     # One "#rrggbb" per class, chosen at creation; trained versions carry them in their spec.
     colors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class DetectorVersionRecord(Base):
@@ -144,7 +173,7 @@ class DetectorVersionRecord(Base):
     source: Mapped[str] = mapped_column(String(64), default="import")
     # The annotation set's revision a trained version learnt from (its metrics score that one).
     annotation_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ExportState:
@@ -188,11 +217,18 @@ class ExportRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     result_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The process driving the sweep (catalog.owners), renewing its lease while it runs; another
+    # process adopts the export only once that owner is dead or its lease has lapsed.
     owner: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_renewed_at: Mapped[datetime | None] = mapped_column(
+        UtcDateTime(), nullable=True
+    )
+    # Asked through any server process; the owner's sweep sees it and stops.
+    cancel_requested: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class AnnotationSetRecord(Base):
@@ -206,4 +242,4 @@ class AnnotationSetRecord(Base):
     collection: Mapped[dict[str, Any]] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

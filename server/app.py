@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {
             "status": "ok",
             "version": VERSION,
+            "pid": os.getpid(),  # which server process answered (several serve one port)
             "database": services.db.engine.dialect.name,
             "execution_providers": available_providers(),
             "inference_batch_size": services.engine.max_batch,

@@ -105,7 +105,9 @@ def _progress_bar() -> Progress:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Uvicorn worker processes.", envvar="TILEDETECT_WORKERS", min=1)
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     auth: Annotated[
@@ -127,7 +129,11 @@ def serve(
     data_dir: DataDir = None,
     blob_url: BlobUrl = None,
 ) -> None:
-    """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app."""
+    """Start the HTTP server: API, XYZ/TileJSON/WMTS tiles and the web app.
+
+    With several workers and no $TILEDETECT_DASK_SCHEDULER, this process runs one local Dask
+    scheduler and worker that every server process sends its exports and trainings to.
+    """
     import os
 
     import uvicorn
@@ -152,18 +158,41 @@ def serve(
             raise typer.Exit(code=2)
         console.print(f"[yellow]tiledetect: auth is off on {host}, as explicitly allowed")
     mode = "auth on: API keys required" if settings.auth else "auth off: single user"
+    cluster = None
+    if workers > 1:
+        from catalog.db import Database
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        Database(settings.resolved_database_url()).dispose()  # the schema, before they all start
+    if workers > 1 and not settings.dask_scheduler:
+        from export.cluster import local_cluster
+
+        # One cluster for all workers: each making its own would split the cores N ways and
+        # give the same export's cells no shared scheduler. The workers inherit the variable.
+        cluster = local_cluster(settings.dask_threads, for_others=True)
+        os.environ["TILEDETECT_DASK_SCHEDULER"] = cluster.scheduler_address
+        console.print(f"tiledetect: Dask scheduler for the workers at {cluster.scheduler_address}")
     console.print(
-        f"tiledetect: serving on http://{host}:{port}  (data: {settings.data_dir}; {mode})"
+        f"tiledetect: serving on http://{host}:{port} with {workers} worker(s)  "
+        f"(data: {settings.data_dir}; {mode})"
     )
-    uvicorn.run(
-        "server.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=access_log,
-    )
+    try:
+        uvicorn.run(
+            "server.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=access_log,
+            # A worker answers the supervisor's pings only once it has imported this CLI and
+            # what it imports (onnxruntime, torch, GDAL): more than uvicorn's 5 s on a busy host,
+            # which would kill and respawn the workers for ever.
+            timeout_worker_healthcheck=60,
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC
 
 from pyproj import CRS
@@ -19,8 +20,8 @@ from catalog.blobstore import BlobStore, gdal_options_for_path
 from catalog.errors import failure_reason
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
-from catalog.jobs import owner_is_gone, process_owner
 from catalog.models import ExportRecord, ExportState, utcnow
+from catalog.owners import process_owner
 from catalog.projects import owner
 from export.cluster import connect
 from export.run import (
@@ -62,6 +63,7 @@ class ExportService:
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: set[str] = set()
         self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # Requests ----------------------------------------------------------------------------------
 
@@ -101,17 +103,24 @@ class ExportService:
         return self.store.get(record.id)
 
     def cancel(self, export_id: str, project: str | None = None) -> ExportRecord:
+        """Stop an export, whichever server process drives it: the driver's sweep sees the
+        request in the database; an export no live process drives is ended here."""
         record = self.store.get(export_id, project)
         if record.state in ExportState.UNFINISHED:
             with self._lock:
                 running = export_id in self._threads
-                self._cancel.add(export_id)
+                if running:
+                    self._cancel.add(export_id)
             if not running:
-                self.store.finish(export_id, ExportState.CANCELLED)
+                self.store.request_cancel(export_id)
+                orphan = self.store.orphaned(record, self.settings.export_lease_s)
+                if (orphan and self.store.claim(record)) or record.owner == process_owner():
+                    self.store.finish(export_id, ExportState.CANCELLED)
         return self.store.get(export_id)
 
     def resume(self, export_id: str, project: str | None = None) -> ExportRecord:
-        """Continue an export that did not finish cleanly; cells already done are skipped."""
+        """Continue an export that did not finish cleanly; cells already done are skipped.
+        One that a live server process drives is left to it."""
         record = self.store.get(export_id, project)
         if record.state == ExportState.DONE:
             return record
@@ -119,29 +128,35 @@ class ExportService:
             if export_id in self._threads:
                 return record
             self._cancel.discard(export_id)
-        self.store.update(
-            export_id,
-            state=ExportState.QUEUED,
-            error=None,
-            finished_at=None,
-            owner=process_owner(),
-        )
-        self._launch(export_id)
+        if record.state in ExportState.UNFINISHED:
+            mine = record.owner == process_owner()
+            orphan = self.store.orphaned(record, self.settings.export_lease_s)
+            if mine or (orphan and self.store.claim(record)):
+                self._launch(export_id)
+        elif self.store.reopen(export_id):
+            self._launch(export_id)
         return self.store.get(export_id)
 
-    def resume_unfinished(self) -> list[str]:
-        """On start-up: pick up exports a stopped server process left queued or running. An
-        export is claimed first, so of several processes starting at once only one resumes it,
-        and one whose owner still runs (another worker of this server) is left to it."""
+    def resume_unfinished(self, *, startup: bool = True) -> list[str]:
+        """On start-up, and then periodically: adopt the exports whose process died (a previous
+        server, another worker or replica) and drive them here. Each is claimed atomically, so
+        several processes starting at once resume it exactly once."""
         me = process_owner()
-        ids = []
+        adopted = []
         for record in self.store.unfinished():
-            if record.owner != me and not owner_is_gone(record.owner):
-                continue
-            if self.store.claim(record.id, record.owner, me):
-                ids.append(record.id)
+            with self._lock:
+                if record.id in self._threads:
+                    continue
+            # At start-up this process's own unfinished exports were left by an earlier app in
+            # it (tests reopen one); later they are this app's, between records and threads.
+            if (startup and record.owner == me) or (
+                self.store.orphaned(record, self.settings.export_lease_s)
+                and self.store.claim(record)
+            ):
                 self._launch(record.id)
-        return ids
+                adopted.append(record.id)
+        self._start_keeper()
+        return adopted
 
     def result_key(self, record: ExportRecord) -> str | None:
         """The blob key of the finished export's file, when it has one."""
@@ -169,6 +184,40 @@ class ExportService:
                 )
             return self._client
 
+    def _start_keeper(self) -> None:
+        with self._lock:
+            if self._keeper is not None:
+                return
+            self._keeper = threading.Thread(target=self._keep, name="export-leases", daemon=True)
+        self._keeper.start()
+
+    def _keep(self) -> None:
+        """Renew this process's leases; adopt exports whose owner has gone since."""
+        period = self.settings.export_lease_s / 4
+        while not self._stopping.wait(period):
+            try:
+                self.store.renew_leases()
+                adopted = self.resume_unfinished(startup=False)
+                if adopted:
+                    log.warning("adopted %d orphaned export(s): %s", len(adopted), adopted)
+            except Exception:  # the database may be briefly unreachable; try again next period
+                log.exception("renewing export leases failed")
+
+    def _cancel_requested(self, export_id: str) -> Callable[[], bool]:
+        """The sweep's cancellation test: asked here, asked in the database through another
+        process (read at most once a second), or this process is stopping."""
+        last = {"time": 0.0, "asked": False}
+
+        def asked() -> bool:
+            if export_id in self._cancel or self._stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - last["time"] >= 1.0:
+                last.update(time=now, asked=bool(self.store.get(export_id).cancel_requested))
+            return last["asked"]
+
+        return asked
+
     def _launch(self, export_id: str) -> None:
         thread = threading.Thread(
             target=self._run, args=(export_id,), name=f"export-{export_id}", daemon=True
@@ -182,6 +231,8 @@ class ExportService:
             self._sweep(export_id)
         except Exception as exc:  # a job must end in a truthful state, whatever went wrong
             log.exception("export %s failed", export_id)
+            if self._stopping.is_set():
+                return  # torn down mid-sweep: stays unfinished, adopted by the next process
             self._remove_outputs(export_id)  # a failed export lists no file; its cells stay
             self.store.finish(
                 export_id,
@@ -249,12 +300,16 @@ class ExportService:
                 resources=self.settings.dask_resources(),
             ),
             on_progress=progress,
-            cancelled=lambda: export_id in self._cancel or self._stopping.is_set(),
+            cancelled=self._cancel_requested(export_id),
         )
         if outcome.state == "cancelled":
-            if self._stopping.is_set() and export_id not in self._cancel:
+            asked = export_id in self._cancel or self.store.get(export_id).cancel_requested
+            if self._stopping.is_set() and not asked:
                 return  # server shutting down: stays `running`, resumed on the next start
             self.store.finish(export_id, ExportState.CANCELLED)
+            return
+        if self.store.get(export_id).owner != process_owner():
+            log.warning("export %s was taken over by another process; not publishing", export_id)
             return
         result_bytes = self.blobs.commit(staging, out_key)
         layer_key = f"{prefix}/{LAYER_SOURCE}"
@@ -267,7 +322,7 @@ class ExportService:
                 layer_staging.unlink(missing_ok=True)
         elif record.aoi is None:
             self.blobs.copy(out_key, layer_key)
-        self.store.finish(
+        published = self.store.finish(
             export_id,
             ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
             summary=outcome.summary,
@@ -279,6 +334,8 @@ class ExportService:
             result_bytes=result_bytes,
             eta_seconds=0.0,
         )
+        if not published:
+            log.warning("export %s ended elsewhere while it was merged here", export_id)
 
     def _writing_dir(self, export_id: str):
         """The local folder this export's files are written in (its free space tells a full disk

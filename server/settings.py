@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     export_cell_px: int = Field(2048, ge=256, description="Export cell size in native pixels.")
     export_retries: int = Field(3, ge=0, description="Retries of a failing export cell.")
     export_backoff_s: float = Field(1.0, ge=0, description="Pause before the first retry.")
+    export_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A server process renews its exports' lease 4 times per period; another "
+        "process (a replica) adopts an export whose lease has lapsed this long.",
+    )
 
     def dask_resources(self) -> dict[str, float] | None:
         """`dask_cell_resources` ('GPU=1,MEM=4e9') as Dask's resources mapping."""

@@ -12,7 +12,7 @@ from python_multipart.multipart import FormParser, parse_options_header
 from starlette import status
 from starlette.requests import Request
 
-from catalog.jobs import owner_is_gone, process_owner
+from catalog.owners import owner_is_gone, process_owner
 from server.errors import UploadError
 
 # Names end up in the catalogue and in downloads: keep them to one plain path component.

@@ -155,9 +155,12 @@ class LiveServer:
         return httpx.get(self.url + path, timeout=30, **kwargs)
 
 
-def start_server(data_dir: Path, log_path: Path, **settings: str) -> LiveServer:
+def start_server(
+    data_dir: Path, log_path: Path, ready_s: float = 60, **settings: str
+) -> LiveServer:
     """`tiledetect serve` in a subprocess, as a user would start it; waits for /healthz.
-    `settings` are more TILEDETECT_* environment settings, e.g. export_cell_px="256"."""
+    `settings` are more TILEDETECT_* environment settings, e.g. export_cell_px="256" or
+    workers="2"; `ready_s` bounds the wait (several workers import everything side by side)."""
     port = free_port()
     env = {**os.environ, "TILEDETECT_DATA_DIR": str(data_dir)}
     env |= {f"TILEDETECT_{key.upper()}": value for key, value in settings.items()}
@@ -170,7 +173,7 @@ def start_server(data_dir: Path, log_path: Path, **settings: str) -> LiveServer:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited: {log_path.read_text()}")

@@ -220,9 +220,7 @@ class ExportRecord(Base):
     # The process driving the sweep (catalog.owners), renewing its lease while it runs; another
     # process adopts the export only once that owner is dead or its lease has lapsed.
     owner: Mapped[str] = mapped_column(String(128), default="")
-    lease_renewed_at: Mapped[datetime | None] = mapped_column(
-        UtcDateTime(), nullable=True
-    )
+    lease_renewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # Asked through any server process; the owner's sweep sees it and stops.
     cancel_requested: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

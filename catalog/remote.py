@@ -149,7 +149,7 @@ class RemoteCogs:
     ) -> ImageRecord:
         target = parse_remote_url(url, self.allowed)
         size = probe_http(target) if not target.url.startswith("s3://") else None
-        inspect_source(target.gdal_path, self.limits)  # readable, georeferenced, bands, dtype
+        inspect_source(target.gdal_path, self.limits, size)  # readable, georeferenced, bands
         valid, errors, _warnings = cog_validate(target.gdal_path, quiet=True)
         if not valid:
             raise InvalidImageError(

@@ -60,8 +60,15 @@ class SourceInfo:
         return self.dtype == "uint8" and self.count in (3, 4)
 
 
-def inspect_source(path: str | Path, limits: SourceLimits = SourceLimits()) -> SourceInfo:
-    """Validate a raster file for ingest, raising an InvalidImageError subclass that says why."""
+def inspect_source(
+    path: str | Path, limits: SourceLimits = SourceLimits(), file_bytes: int | None = None
+) -> SourceInfo:
+    """Validate a raster file for ingest, raising an InvalidImageError subclass that says why.
+
+    `file_bytes`: the file's size, for the decompression-ratio check; a local file's is read
+    here, a remote one's (a /vsi path) is what its server said, or None when unknown."""
+    if file_bytes is None and not str(path).startswith("/vsi"):
+        file_bytes = Path(path).stat().st_size
     try:
         src = rasterio.open(path)
     except RasterioError as exc:
@@ -78,7 +85,7 @@ def inspect_source(path: str | Path, limits: SourceLimits = SourceLimits()) -> S
         # bound what the pixel check reads. A truncated header shows up as unreadable pixels
         # before its missing georeference keys are blamed.
         _check_layout(src, limits)
-        _check_declared_size(src, Path(path).stat().st_size, limits)
+        _check_declared_size(src, file_bytes, limits)
         _check_pixels_readable(src, path)
         _check_georeference(src)
         has_alpha = ColorInterp.alpha in src.colorinterp
@@ -133,7 +140,7 @@ def _check_layout(src: rasterio.DatasetReader, limits: SourceLimits) -> None:
 
 
 def _check_declared_size(
-    src: rasterio.DatasetReader, file_bytes: int, limits: SourceLimits
+    src: rasterio.DatasetReader, file_bytes: int | None, limits: SourceLimits
 ) -> None:
     """Refuse what would take hours or all memory to decode, judged from the header alone."""
     pixels = src.width * src.height
@@ -153,6 +160,8 @@ def _check_declared_size(
             "(gdal_translate -co TILED=YES)"
         )
 
+    if file_bytes is None:
+        return  # a remote COG of unknown size: read in place block by block, never decoded whole
     decoded = pixels * src.count * itemsize
     if decoded > limits.expansion_floor_bytes and decoded > limits.max_expansion * file_bytes:
         raise UnsupportedLayoutError(

@@ -8,7 +8,8 @@ the caches see both hits and misses. The detection cache is set smaller than wha
 windows need, so it fills and must evict during the run.
 
 Figures: requests and errors (must be 0), p50/p95/p99 latency per kind, throughput, and the
-server's RSS sampled every second, first quarter vs last quarter (flat when caches are bounded).
+server's RSS sampled every second: flat once warm (last quarter vs third) when caches are
+bounded; the first quarter shows the warm-up.
 
     python -m bench.soak [--seconds 120] [--clients 32]
 """
@@ -167,12 +168,15 @@ def memory_figures(samples: list[tuple[float, int]]) -> dict:
     first, last = statistics.mean(values[:quarter]), statistics.mean(values[-quarter:])
     half = len(values) // 2
     second_half = values[half:]
+    third = statistics.mean(values[half : len(values) - quarter] or values[half:])
     return {
         "samples": len(values),
         "start_mb": round(values[0], 1),
         "first_quarter_mb": round(first, 1),
         "last_quarter_mb": round(last, 1),
         "last_over_first": round(last / first, 3),
+        "third_quarter_mb": round(third, 1),
+        "last_over_third": round(last / third, 3),
         "second_half_growth_mb": round(second_half[-1] - second_half[0], 1),
         "peak_mb": round(max(values), 1),
     }
@@ -268,12 +272,16 @@ def report(result: dict, context: dict) -> None:
             f"soak latency kind={kind} requests={figures['requests']} p50_ms={figures['p50_ms']} "
             f"p95_ms={figures['p95_ms']} p99_ms={figures['p99_ms']} max_ms={figures['max_ms']}"
         )
-    flat = memory["last_over_first"] <= 1.15
+    # Bounded caches fill during the first minute (GDAL's block cache, the detection caches,
+    # onnxruntime's arena), so flat means no growth once warm: the last quarter against the third.
+    flat = memory["last_over_third"] <= 1.05
     print(
         f"soak memory rss_first_quarter_mb={memory['first_quarter_mb']} "
-        f"rss_last_quarter_mb={memory['last_quarter_mb']} ratio={memory['last_over_first']} "
+        f"rss_third_quarter_mb={memory['third_quarter_mb']} "
+        f"rss_last_quarter_mb={memory['last_quarter_mb']} "
+        f"warm_ratio={memory['last_over_third']} warmup_ratio={memory['last_over_first']} "
         f"second_half_growth_mb={memory['second_half_growth_mb']} peak_mb={memory['peak_mb']} "
-        f"(target flat: ratio <= 1.15) {'OK' if flat else 'MISSED'}"
+        f"(target flat once warm: last/third quarter <= 1.05) {'OK' if flat else 'MISSED'}"
     )
     for error in load_["error_samples"]:
         print(f"soak error {error}")

@@ -7,6 +7,7 @@ softmax inside (Deepness segmentors return probabilities), dynamic batch and siz
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,12 +95,18 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
+# torch's TorchScript exporter keeps its state in module globals (two exports at once fail with
+# "GLOBALS.in_onnx_export must be False"), and a Dask worker runs trainings in parallel threads.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(net: nn.Module, path: Path, bands: int = 3) -> None:
     """ONNX with softmax inside and dynamic N, H, W; no normalisation in the graph."""
     model = WithSoftmax(net).eval()
     example = torch.zeros(1, bands, 128, 128)
     axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; we chose it
+    # the TorchScript exporter is deprecated; we chose it
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -52,19 +53,21 @@ def _is_staging(name: str) -> bool:
     return name.startswith(".") and ".partial" in name
 
 
-class BlobStore:
+class BlobStore(ABC):
     """What every store offers; see the module docstring for the guarantees."""
 
     url: str
     is_local: bool
 
+    @abstractmethod
     def staging_path(self, key: str) -> Path:
         """A private local temp file to write a blob into before `commit`."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def commit(self, staging: Path, key: str) -> int:
         """Publish a finished staging file under `key` (consuming it); returns its size."""
-        raise NotImplementedError
+        ...
 
     def put_file(self, source: Path, key: str) -> int:
         """Publish a copy of a finished local file under `key`; returns its size."""
@@ -83,47 +86,55 @@ class BlobStore:
         finally:
             staging.unlink(missing_ok=True)
 
+    @abstractmethod
     def copy(self, source_key: str, key: str) -> int:
         """Publish the blob `source_key` under `key` too (inside the store); returns its size."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read_bytes(self, key: str) -> bytes:
         """The blob's content; FileNotFoundError when there is none."""
-        raise NotImplementedError
+        ...
 
-    def stream(self, key: str) -> Iterator[bytes]:
-        raise NotImplementedError
+    @abstractmethod
+    def stream(self, key: str) -> Iterator[bytes]: ...
 
+    @abstractmethod
     def size(self, key: str) -> int | None:
         """Size in bytes, or None when there is no such blob."""
-        raise NotImplementedError
+        ...
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
+    @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Keys under `prefix` (a folder-like prefix: 'a/b' lists 'a/b/...'), sorted."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> None:
         """Remove the blob `prefix` and every blob under `prefix/`."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def gdal_path(self, key: str) -> str:
         """What GDAL opens to read the blob (a /vsi path for remote stores)."""
-        raise NotImplementedError
+        ...
 
     def gdal_options(self) -> dict[str, str]:
         """GDAL config options `gdal_path` needs (custom S3 endpoints)."""
         return {}
 
+    @abstractmethod
     def local_path(self, key: str) -> Path:
         """A local file with the blob's content (the blob itself, or a cached download)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def ref(self, key: str = "") -> str:
         """The blob (or the folder `key`) as a location string another process can open."""
-        raise NotImplementedError
+        ...
 
 
 class LocalBlobStore(BlobStore):

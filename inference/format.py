@@ -23,6 +23,7 @@ from inference.errors import InvalidDetectorError
 
 REQUIRED_KEYS = ("model_type", "class_names", "resolution")
 SUPPORTED_MODEL_TYPES = ("Segmentor",)
+MAX_EXPAND_RATIO = 4.0  # grows a disc's radius 3x: beyond that a core says little of the object
 DEFAULT_COLORS = ("#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#ec4899")
 
 
@@ -47,6 +48,10 @@ class DetectorSpec:
     # overlap margin alone, whatever the input size (tiledetect's own): bigger chunks then give
     # the same probabilities as windows with less context computed twice.
     region_chunk_px: int = 0
+    # Detectors trained on shrunk object cores (touching crowns stay apart, DBNet's recipe)
+    # grow each found polygon back by area * expand_ratio / perimeter (inference.objects);
+    # 0: objects are taken as segmented.
+    expand_ratio: float = 0.0
 
     @property
     def core_size(self) -> int:
@@ -73,6 +78,7 @@ class DetectorSpec:
             "min_area_m2": self.min_area_m2,
             "colors": [self.color(i) for i in range(len(self.class_names))],
             "region_chunk_px": self.region_chunk_px,
+            "expand_ratio": self.expand_ratio,
         }
 
 
@@ -97,6 +103,7 @@ def spec_to_metadata(spec: DetectorSpec) -> dict[str, str]:
         "tiledetect_colors": [spec.color(i) for i in range(len(spec.class_names))],
         "tiledetect_name": spec.name,
         "tiledetect_region_chunk_px": spec.region_chunk_px,
+        "tiledetect_expand_ratio": spec.expand_ratio,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
@@ -143,6 +150,11 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         raise InvalidDetectorError(
             f"tiledetect_region_chunk_px must be a multiple of 16 px, not {region_chunk_px}"
         )
+    expand_ratio = float(values.get("tiledetect_expand_ratio", 0.0))
+    if not 0 <= expand_ratio <= MAX_EXPAND_RATIO:
+        raise InvalidDetectorError(
+            f"tiledetect_expand_ratio must be between 0 and {MAX_EXPAND_RATIO}, not {expand_ratio}"
+        )
     return DetectorSpec(
         model_type=model_type,
         class_names=class_names,
@@ -157,6 +169,7 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         min_area_m2=min_area,
         colors=tuple(str(c) for c in values.get("tiledetect_colors", ())),
         name=str(values.get("tiledetect_name", "")),
+        expand_ratio=expand_ratio,
     )
 
 

@@ -31,8 +31,10 @@ pixels always give the same objects. Steps:
 3. Each instance is vectorised (rasterio.features.shapes), repaired if need be (make_valid,
    largest polygon), then simplified by SIMPLIFY_PX with topology preserved. That geometry work
    happens in pixels relative to the object's own corner, after shapely.normalize, so an
-   object's polygon depends only on its pixels, not on where it lies in the raster. Then it is
-   mapped to the CRS with `transform`.
+   object's polygon depends only on its pixels, not on where it lies in the raster. A detector
+   trained on object cores (`spec.expand_ratio` > 0, trainer.data.shrunk) has each polygon
+   grown by area * expand_ratio / perimeter, still in those local pixels, before the area
+   filter. Then it is mapped to the CRS with `transform`.
 
 Areas assume a metric CRS: polygon area in CRS units² times `metres_per_unit`² (1 for UTM and
 other metre CRSs; Web Mercator callers pass cos(latitude) or get areas inflated by 1/cos²).
@@ -98,6 +100,8 @@ def extract_objects(
     if not classes:
         return []
     local, origins = _local_polygons(labels, len(classes))
+    if spec.expand_ratio:
+        local = _expanded(local, spec.expand_ratio)
     origins += shifts  # from the packed canvas to raster pixels
     areas = np.where(shapely.is_geometry(local), shapely.area(local) * pixel_area_m2, -np.inf)
     large = np.flatnonzero(areas >= spec.min_area_m2)
@@ -343,6 +347,20 @@ def _local_polygons(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     local = shapely.simplify(shapely.normalize(local), SIMPLIFY_PX, preserve_topology=True)
     polygons[present] = np.where(shapely.is_empty(local), None, local)
     return polygons, origins
+
+
+def _expanded(polygons: np.ndarray, ratio: float) -> np.ndarray:
+    """Each polygon grown by area * ratio / perimeter (the inverse of the shrink the detector
+    was trained with, trainer.data), mitred so rectangles keep their corners."""
+    present = np.flatnonzero(shapely.is_geometry(polygons))
+    if not len(present):
+        return polygons
+    found = polygons[present]
+    offsets = shapely.area(found) * ratio / np.maximum(shapely.length(found), 1e-9)
+    grown = shapely.buffer(found, offsets, join_style="mitre", mitre_limit=2.0)
+    out = polygons.copy()
+    out[present] = grown
+    return out
 
 
 def _pixel_polygons(labels: np.ndarray, count: int) -> np.ndarray:

@@ -116,3 +116,50 @@ def test_unknown_box_target_mode_is_refused():
 
     with pytest.raises(ValueError, match="box_targets must be one of box, ellipse"):
         label_target(box_labels(), ["tree"], Affine(0.5, 0, 0, 0, -0.5, 16), (32, 40), 0.5, 2, "x")
+
+
+def test_labels_train_as_cores_and_the_detector_grows_them_back():
+    """Shrink (training) and growth (serving) are inverses: the cores of touching labels are
+    apart without any gap, and the objects found on a map of exactly those cores, grown by the
+    spec's expand_ratio, have the labels' boxes again."""
+    from dataclasses import replace
+
+    from affine import Affine
+
+    from inference.format import DetectorSpec
+    from inference.metrics import matched_pairs
+    from inference.objects import extract_objects
+    from trainer.data import expand_ratio_for, label_target
+
+    transform = Affine(0.1, 0, 0, 0, -0.1, 16)  # 0.1 m pixels, 200 x 160 px
+    labels = box_labels()
+    cores = label_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box", 0.5)
+    whole = label_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box")
+    assert not (cores == BORDER).any()  # nothing touches: no gap needed
+    assert ndimage.label(cores == 1)[1] == 3
+    # A box's core keeps (1 + r²) / 2 of a disc's radius: about 0.39 of a square's area.
+    share = np.count_nonzero(cores == 1) / np.count_nonzero(as_classes(whole) == 1)
+    assert 0.3 < share < 0.5, share
+
+    spec = DetectorSpec(
+        model_type="Segmentor",
+        class_names=("tree",),
+        resolution_m=0.1,
+        tile_size=256,
+        overlap_px=16,
+        min_area_m2=0.5,
+        expand_ratio=expand_ratio_for(0.5),
+    )
+    tree = (cores == 1).astype(np.float32)
+    objects = extract_objects(np.stack([1 - tree, tree]), transform, spec)
+    assert len(objects) == 3
+    found = [obj.geometry.envelope for obj in objects]
+    wanted = [label.geometry.envelope for label in labels]
+    # The boxes come back to within a pixel (IoU > 0.9); the triangle's acute corners are cut
+    # by the mitre limit, so less of it returns, still a match.
+    assert sorted(matched_pairs(found, wanted[:2], 0.9), key=lambda p: p[1]) == [(1, 0), (2, 1)]
+    assert matched_pairs(found[:1], wanted[2:], 0.5) == [(0, 0)]
+    # Without the growth the cores are far too small to match.
+    bare = extract_objects(np.stack([1 - tree, tree]), transform, replace(spec, expand_ratio=0))
+    assert len(matched_pairs([o.geometry.envelope for o in bare], wanted, 0.5)) == 0
+    assert expand_ratio_for(1.0) == 0.0  # whole labels: nothing to grow

@@ -8,6 +8,7 @@ import json
 import subprocess
 import time
 
+import morecantile
 import onnx
 import pytest
 from fastapi.testclient import TestClient
@@ -124,6 +125,12 @@ def test_train_publishes_a_scored_version_that_serves_at_once(served):
     tilejson = client.get(layer).json()
     tile = tilejson["tiles"][0].split("/tiles/")[1]
     assert tile.startswith("WebMercatorQuad/")
+    # Trained on cores, it grows its objects back; its PNG overlay paints those objects.
+    assert json.loads(props["tiledetect_expand_ratio"]) > 0
+    z = tilejson["maxzoom"]
+    at = morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, z)
+    png = client.get(tilejson["tiles"][0].format(z=z, x=at.x, y=at.y))
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), png.text[:200]
     described = client.get(url).json()
     assert described["versions"][-1]["number"] == 1
     assert described["colors"] == described["spec"]["colors"] == COLORS

@@ -2,8 +2,10 @@
 resolution, through the reader serving uses (`inference.reading`), with its target raster.
 
 Inside a training area every pixel no label covers is background; outside it, pixels are IGNORE
-and teach nothing. Chips are drawn from the areas with flips, quarter turns and radiometric
-jitter, half of them centred on a labelled object, each class equally often.
+and teach nothing. By default each label trains as its core (`shrunk`), the ring round it as
+background, so touching objects are apart by construction and the detector grows what it finds
+back (`expand_ratio_for`). Chips are drawn from the areas at any angle and zoom, mirrored and
+re-lit (`trainer.augment`), half of them centred on a labelled object, each class equally often.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from inference.format import DetectorSpec
 from inference.reading import read_region
 from inference.region import snapped_request
 from trainer.annotations import Area, Label
+from trainer.augment import random_view, relight, warp
 from trainer.loop import IGNORE, TrainConfig
 from trainer.targets import as_classes, class_target
 
 POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
 BOX_TARGETS = ("box", "ellipse")  # what a box label trains as (see label_target)
+AUGMENTS = ("heavy", "light")  # AreaSampler's chip views (TrainConfig.augment)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def read_area(
     margin_px: int = 0,
     gap_radius: int = 0,
     box_targets: str = "box",
+    core_ratio: float = 1.0,
 ) -> AreaData:
     """Read one area (its bounding box on the window lattice, plus `margin_px`) and rasterise
     its labels (touching ones parted, see trainer.targets); pixels outside the area's polygon
@@ -95,7 +100,7 @@ def read_area(
     transform = _transform(request.origin_x, request.origin_y, pixel)
     shape = (request.height, request.width)
     target = label_target(
-        labels, class_names, transform, shape, resolution_m, gap_radius, box_targets
+        labels, class_names, transform, shape, resolution_m, gap_radius, box_targets, core_ratio
     )
     inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform, dtype="uint8")
     target[inside == 0] = IGNORE
@@ -111,6 +116,7 @@ def label_target(
     resolution_m: float,
     gap_radius: int = 0,
     box_targets: str = "box",
+    core_ratio: float = 1.0,
 ) -> np.ndarray:
     """Class per pixel; labels later in the list win overlaps; touching labels parted.
 
@@ -122,6 +128,8 @@ def label_target(
     if box_targets not in BOX_TARGETS:
         known = ", ".join(BOX_TARGETS)
         raise ValueError(f"box_targets must be one of {known}, not {box_targets!r}")
+    if not 0.0 < core_ratio <= 1.0:
+        raise ValueError(f"core_ratio must be in (0, 1], not {core_ratio}")
     shapes = []
     corners = []
     classes = [0]
@@ -130,6 +138,8 @@ def label_target(
         if label.kind == "box" and box_targets == "ellipse":
             corners.append((label.geometry, 1))
             trained = _inscribed_ellipse(label.geometry)
+        if core_ratio < 1.0:
+            trained = shrunk(trained, core_ratio, pixel=abs(transform.a))
         shapes.append((trained, number))
         classes.append(class_names.index(label.cls) + 1)
     if not shapes:
@@ -140,6 +150,26 @@ def label_target(
         boxes = rasterize(corners, out_shape=shape, transform=transform, dtype="uint8") > 0
         target[boxes & (ids == 0)] = IGNORE
     return target
+
+
+def shrunk(geometry: BaseGeometry, ratio: float, pixel: float) -> BaseGeometry:
+    """The core of an object: moved inwards by area * (1 - ratio²) / perimeter (DBNet); an
+    object too thin for that keeps at least a pixel-wide core round its representative point."""
+    offset = geometry.area * (1.0 - ratio**2) / max(geometry.length, 1e-12)
+    core = geometry.buffer(-offset, join_style="mitre")
+    if core.is_empty or core.area < pixel * pixel:
+        return geometry.representative_point().buffer(pixel)
+    return core
+
+
+def expand_ratio_for(core_ratio: float) -> float:
+    """The growth (DetectorSpec.expand_ratio) that gives a disc back the radius `shrunk` took:
+    a disc's core has k = (1 + r²) / 2 of its radius; growing by area * e / perimeter adds
+    e / 2 of the core's radius, so e = 2 (1 - k) / k."""
+    if core_ratio >= 1.0:
+        return 0.0
+    k = (1.0 + core_ratio**2) / 2.0
+    return round(2.0 * (1.0 - k) / k, 6)
 
 
 def _inscribed_ellipse(rectangle: BaseGeometry) -> BaseGeometry:
@@ -189,7 +219,13 @@ class AreaSampler:
     def __init__(
         self, areas: Sequence[AreaData], inputs: Sequence[np.ndarray], config: TrainConfig
     ):
+        if config.augment not in AUGMENTS:
+            raise ValueError(
+                f"augment must be one of {', '.join(AUGMENTS)}, not {config.augment!r}"
+            )
         self.config = config
+        self.areas = list(areas)
+        self.raw_inputs = list(inputs)  # unpadded: the heavy sampler's warp pads with IGNORE
         size = config.chip
         # Areas smaller than a chip are padded with IGNORE, so every chip has the same shape.
         self.inputs = [_pad_to(x, size, 0.0) for x in inputs]
@@ -199,6 +235,8 @@ class AreaSampler:
         self.area_weights = sizes / sizes.sum()  # big areas give more chips
 
     def chip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.augment == "heavy":
+            return self.heavy_chip(rng)
         size = self.config.chip
         index = int(rng.choice(len(self.inputs), p=self.area_weights))
         x_all, y_all, centres = self.inputs[index], self.targets[index], self.centres[index]
@@ -222,6 +260,26 @@ class AreaSampler:
         bias = rng.uniform(-0.25, 0.25)
         x = x * gain + bias + rng.normal(0.0, 0.05, size=x.shape).astype(np.float32)
         return x.astype(np.float32), y
+
+    def heavy_chip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A chip centred on an object (class balanced) or anywhere in an area, seen at any
+        angle and zoom, mirrored and re-lit (trainer.augment)."""
+        config = self.config
+        index = int(rng.choice(len(self.areas), p=self.area_weights))
+        area = self.areas[index]
+        centres = area.centres
+        height, width = area.target.shape
+        if len(centres) and rng.random() < config.object_chips:
+            cls = rng.choice(np.unique(centres[:, 2]))
+            chosen = centres[centres[:, 2] == cls]
+            row, col, _ = chosen[rng.integers(len(chosen))]
+            reach = config.chip / 2  # the object lands anywhere in the chip
+            row, col = row + rng.uniform(-reach, reach), col + rng.uniform(-reach, reach)
+        else:
+            row, col = rng.uniform(0, height), rng.uniform(0, width)
+        view = random_view(row, col, rng, config.zoom, any_angle=True)
+        x, y = warp(self.raw_inputs[index], area.target, view, config.chip)
+        return relight(x, rng, config.relight), y
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         chips = [self.chip(rng) for _ in range(self.config.batch)]

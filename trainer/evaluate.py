@@ -5,7 +5,8 @@
   contains them);
 - counting F-score: per area, predicted vs labelled count (2 * min / (predicted + labelled)),
   averaged over the areas;
-- foreground IoU and pixel F1 over the areas' pixels.
+- foreground IoU and pixel F1 over the areas' pixels, of the objects found (grown back from
+  their cores for detectors trained on cores), as the user gets them.
 
 Predictions come from the served post-processing (`inference.objects`) on probabilities computed
 on the window lattice (`inference.region`), so scores describe what the map will show.
@@ -129,7 +130,7 @@ def score_areas(
             truth = [labels[j].geometry for j in theirs]
             for p, t in matched_pairs(predicted, truth, MIN_IOU):
                 matched.append((mine[p], theirs[t]))
-        foreground = _foreground(probabilities, transform, spec, area, labels)
+        foreground = _foreground(objects, probabilities.shape[1:], transform, area, labels)
         scores.results.append(AreaResult(area, objects, labels, matched, foreground))
     return scores
 
@@ -141,10 +142,15 @@ def _as_label_kind(geometry, labels: Sequence[Label], theirs: Sequence[int]):
     return geometry
 
 
-def _foreground(probabilities, transform, spec, area: Area, labels: Sequence[Label]):
-    shape = probabilities.shape[1:]
-    best = probabilities.argmax(axis=0)
-    predicted = (best > 0) & (probabilities.max(axis=0) >= spec.score_threshold)
+def _foreground(objects, shape, transform, area: Area, labels: Sequence[Label]):
+    """Pixel counts of the objects (what the user gets: grown back from their cores where the
+    detector was trained on cores) against the labels, inside the area."""
+    shapes = [(obj.geometry, 1) for obj in objects]
+    predicted = (
+        rasterize(shapes, out_shape=shape, transform=transform) > 0
+        if shapes
+        else np.zeros(shape, bool)
+    )
     inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform) > 0
     polygons = [(lab.geometry, 1) for lab in labels if lab.geometry.geom_type != "Point"]
     truth = (

@@ -26,6 +26,7 @@ from trainer.data import (
     ImageSource,
     band_stats,
     class_weights,
+    expand_ratio_for,
     read_area,
     standardise,
 )
@@ -93,6 +94,7 @@ def train_detector(
                     resolution,
                     gap_radius=request.config.gap_radius,
                     box_targets=request.config.box_targets,
+                    core_ratio=request.config.core_ratio,
                 )  # fmt: skip
             )
     if not areas:
@@ -133,6 +135,7 @@ def train_detector(
         min_area_m2=_min_area(request),
         colors=request.colors,
         name=request.name,
+        expand_ratio=expand_ratio_for(config.core_ratio),
     )
     model_path = out_dir / "model.onnx"
     check = sampler.batch(np.random.default_rng(request.seed + 1))[0][:4]

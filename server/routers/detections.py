@@ -172,8 +172,17 @@ async def _render_tile(
             ), headers
         headers["X-Tiledetect-Empty"] = str(below)
         mosaic, bounds = None, None
-    if format == "png":
+    if format == "png" and not layer.spec.expand_ratio:
         return await run_in_threadpool(render_overlay, layer, mosaic, tile_request), headers
+    if format == "png":  # trained on cores: the probabilities show cores, the objects show all
+        objects = (
+            await run_in_threadpool(tile_objects, layer, mosaic, bounds, whole_only=False)
+            if mosaic is not None
+            else []
+        )
+        return await run_in_threadpool(
+            render_objects_overlay, layer, objects, tile_request
+        ), headers
     whole = format == "geojson"
     objects = (
         await run_in_threadpool(tile_objects, layer, mosaic, bounds, whole_only=whole)

@@ -5,7 +5,8 @@ Key names follow the Deepness QGIS plugin so its models load here too (values ar
 (centimetres per pixel), `tiles_size` (px), `tiles_overlap` (percent of the tile size),
 `standardization_mean` / `standardization_std` (per band, applied after scaling 0..255 to 0..1),
 `seg_thresh` / `det_conf` (score threshold), `seg_small_segment` (px). tiledetect adds keys under
-`tiledetect_` (input bands, minimum object area, colours, a name).
+`tiledetect_` (input bands, minimum object area, colours, a name, and `expand_ratio`: how much
+a detector trained on object cores grows each object it finds).
 
 The model takes float32 NCHW (N, bands, H, W) and returns per-class probabilities
 (N, classes, H, W), class 0 being background, as Deepness segmentors do.

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright import sync_api as playwright_api
 from shapely.geometry import shape
 
 from tests.conftest import REPO, start_server, stop_server, upload, write_scene_tif
@@ -25,13 +26,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "webapp"
 TRAIN_STEPS = 30
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/sysdeps.sh)"
-    ),
-    pytest.mark.timeout(900),
-]
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +52,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    # make test installs it (scripts/sysdeps.sh); without it these tests fail, never skip
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make test` (scripts/sysdeps.sh)"
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     with playwright_api.sync_playwright() as p:

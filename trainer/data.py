@@ -227,9 +227,11 @@ class AreaSampler:
         self.areas = list(areas)
         self.raw_inputs = list(inputs)  # unpadded: the heavy sampler's warp pads with IGNORE
         size = config.chip
-        # Areas smaller than a chip are padded with IGNORE, so every chip has the same shape.
-        self.inputs = [_pad_to(x, size, 0.0) for x in inputs]
-        self.targets = [_pad_to(a.target[None], size, IGNORE)[0] for a in areas]
+        # Light chips are crops: areas smaller than a chip are padded with IGNORE, so every
+        # chip has the same shape (the heavy sampler needs no copy).
+        light = config.augment == "light"
+        self.inputs = [_pad_to(x, size, 0.0) for x in inputs] if light else []
+        self.targets = [_pad_to(a.target[None], size, IGNORE)[0] for a in areas] if light else []
         self.centres = [a.centres for a in areas]
         sizes = np.array([a.target.size for a in areas], np.float64)
         self.area_weights = sizes / sizes.sum()  # big areas give more chips
@@ -242,9 +244,7 @@ class AreaSampler:
         x_all, y_all, centres = self.inputs[index], self.targets[index], self.centres[index]
         height, width = y_all.shape
         if len(centres) and rng.random() < self.config.object_chips:
-            cls = rng.choice(np.unique(centres[:, 2]))
-            chosen = centres[centres[:, 2] == cls]
-            row, col, _ = chosen[rng.integers(len(chosen))]
+            row, col = _object_centre(centres, rng)
             row, col = row - rng.integers(size), col - rng.integers(size)
         else:
             row, col = rng.integers(height - size + 1), rng.integers(width - size + 1)
@@ -270,9 +270,7 @@ class AreaSampler:
         centres = area.centres
         height, width = area.target.shape
         if len(centres) and rng.random() < config.object_chips:
-            cls = rng.choice(np.unique(centres[:, 2]))
-            chosen = centres[centres[:, 2] == cls]
-            row, col, _ = chosen[rng.integers(len(chosen))]
+            row, col = _object_centre(centres, rng)
             reach = config.chip / 2  # the object lands anywhere in the chip
             row, col = row + rng.uniform(-reach, reach), col + rng.uniform(-reach, reach)
         else:
@@ -286,6 +284,14 @@ class AreaSampler:
         x = np.ascontiguousarray(np.stack([c[0] for c in chips]))
         y = np.ascontiguousarray(np.stack([c[1] for c in chips])).astype(np.int64)
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _object_centre(centres: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """(row, col) of a labelled object: a class drawn uniformly, then one of its objects."""
+    cls = rng.choice(np.unique(centres[:, 2]))
+    chosen = centres[centres[:, 2] == cls]
+    row, col, _ = chosen[rng.integers(len(chosen))]
+    return row, col
 
 
 def standardise(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 best prediction's bounding box, and the same scores under post-processing variants, all from
 one probability map (no retraining).
 
-    PYTHONPATH=$PWD python experiments/probe_boxes.py RUN_DIR [--dataset neon-osbs029]
+    PYTHONPATH=$PWD python experiments/probe_boxes.py RUN_DIR [--dataset neon-osbs029] [--fold 1]
 
 RUN_DIR is an experiment run folder (model.onnx + annotations.geojson).
 """
@@ -27,8 +27,8 @@ from trainer.evaluate import predict_area
 from trainer.experiments import DATASETS, cache_dir, shared_data_dir
 
 
-def load(run_dir: Path, dataset: str):
-    prepared = DATASETS[dataset].prepare(cache_dir(), shared_data_dir())
+def load(run_dir: Path, dataset: str, fold: int = 0):
+    prepared = DATASETS[dataset].prepare(cache_dir(), shared_data_dir(), fold)
     collection = json.loads((run_dir / "annotations.geojson").read_text())
     parsed = parse_annotations(
         collection,
@@ -125,8 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--dataset", default="neon-osbs029")
+    parser.add_argument("--fold", type=int, default=0, help="the run's fold (RUN_DIR ends -fN-sS)")
     args = parser.parse_args()
-    prepared, spec, source, areas = load(args.run_dir, args.dataset)
+    prepared, spec, source, areas = load(args.run_dir, args.dataset, args.fold)
     mpu = source.meta["gsd"] / source.meta["resolution"][0]
     f1, tp, fp, fn, details = score(areas, spec, mpu)
     print(f"served: F1 {f1:.3f} tp {tp} fp {fp} fn {fn}")

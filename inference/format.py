@@ -6,7 +6,8 @@ Key names follow the Deepness QGIS plugin so its models load here too (values ar
 `standardization_mean` / `standardization_std` (per band, applied after scaling 0..255 to 0..1),
 `seg_thresh` / `det_conf` (score threshold), `seg_small_segment` (px). tiledetect adds keys under
 `tiledetect_` (input bands, minimum object area, colours, a name, and `expand_ratio`: how much
-a detector trained on object cores grows each object it finds).
+a detector trained on object cores grows each object it finds, and `output_shape`: "box" for a
+detector trained on box labels, whose objects are returned as boxes, else "polygon").
 
 The model takes float32 NCHW (N, bands, H, W) and returns per-class probabilities
 (N, classes, H, W), class 0 being background, as Deepness segmentors do.
@@ -25,6 +26,7 @@ from inference.errors import InvalidDetectorError
 REQUIRED_KEYS = ("model_type", "class_names", "resolution")
 SUPPORTED_MODEL_TYPES = ("Segmentor",)
 MAX_EXPAND_RATIO = 4.0  # grows a disc's radius 3x: beyond that a core says little of the object
+OUTPUT_SHAPES = ("polygon", "box")  # what objects come back as (DetectorSpec.output_shape)
 DEFAULT_COLORS = ("#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#ec4899")
 
 
@@ -53,6 +55,9 @@ class DetectorSpec:
     # grow each found polygon back by area * expand_ratio / perimeter (inference.objects);
     # 0: objects are taken as segmented.
     expand_ratio: float = 0.0
+    # "box": objects come back as their axis-aligned bounding boxes (in the image's pixel grid),
+    # as users who labelled boxes expect (Picterra's box detectors); "polygon": as outlines.
+    output_shape: str = "polygon"
 
     @property
     def core_size(self) -> int:
@@ -80,6 +85,7 @@ class DetectorSpec:
             "colors": [self.color(i) for i in range(len(self.class_names))],
             "region_chunk_px": self.region_chunk_px,
             "expand_ratio": self.expand_ratio,
+            "output_shape": self.output_shape,
         }
 
 
@@ -105,6 +111,7 @@ def spec_to_metadata(spec: DetectorSpec) -> dict[str, str]:
         "tiledetect_name": spec.name,
         "tiledetect_region_chunk_px": spec.region_chunk_px,
         "tiledetect_expand_ratio": spec.expand_ratio,
+        "tiledetect_output_shape": spec.output_shape,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
@@ -156,6 +163,12 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         raise InvalidDetectorError(
             f"tiledetect_expand_ratio must be between 0 and {MAX_EXPAND_RATIO}, not {expand_ratio}"
         )
+    output_shape = str(values.get("tiledetect_output_shape", "polygon"))
+    if output_shape not in OUTPUT_SHAPES:
+        raise InvalidDetectorError(
+            f"tiledetect_output_shape must be one of {', '.join(OUTPUT_SHAPES)}, "
+            f"not {output_shape!r}"
+        )
     return DetectorSpec(
         model_type=model_type,
         class_names=class_names,
@@ -171,6 +184,7 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         colors=tuple(str(c) for c in values.get("tiledetect_colors", ())),
         name=str(values.get("tiledetect_name", "")),
         expand_ratio=expand_ratio,
+        output_shape=output_shape,
     )
 
 

@@ -34,7 +34,8 @@ pixels always give the same objects. Steps:
    object's polygon depends only on its pixels, not on where it lies in the raster. A detector
    trained on object cores (`spec.expand_ratio` > 0, trainer.data.shrunk) has each polygon
    grown by area * expand_ratio / perimeter, still in those local pixels, before the area
-   filter. Then it is mapped to the CRS with `transform`.
+   filter; a box detector's (`spec.output_shape == "box"`) becomes its bounding box. Then it
+   is mapped to the CRS with `transform`.
 
 Areas assume a metric CRS: polygon area in CRS units² times `metres_per_unit`² (1 for UTM and
 other metre CRSs; Web Mercator callers pass cos(latitude) or get areas inflated by 1/cos²).
@@ -102,6 +103,8 @@ def extract_objects(
     local, origins = _local_polygons(labels, len(classes))
     if spec.expand_ratio:
         local = _expanded(local, spec.expand_ratio)
+    if spec.output_shape == "box":
+        local = _boxes(local)
     origins += shifts  # from the packed canvas to raster pixels
     areas = np.where(shapely.is_geometry(local), shapely.area(local) * pixel_area_m2, -np.inf)
     large = np.flatnonzero(areas >= spec.min_area_m2)
@@ -360,6 +363,14 @@ def _expanded(polygons: np.ndarray, ratio: float) -> np.ndarray:
     grown = shapely.buffer(found, offsets, join_style="mitre", mitre_limit=2.0)
     out = polygons.copy()
     out[present] = grown
+    return out
+
+
+def _boxes(polygons: np.ndarray) -> np.ndarray:
+    """Each polygon's bounding box in the raster's pixel grid (a box detector's output)."""
+    present = np.flatnonzero(shapely.is_geometry(polygons))
+    out = polygons.copy()
+    out[present] = shapely.envelope(polygons[present])
     return out
 
 

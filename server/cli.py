@@ -631,7 +631,9 @@ app.add_typer(experiments_app, name="experiments")
 
 @experiments_app.command("run")
 def experiments_run(
-    suite: Annotated[str, typer.Option(help="default, synthetic, real or quick.")] = "default",
+    suite: Annotated[
+        str, typer.Option(help="default, synthetic, real, all, quick, or one dataset's name.")
+    ] = "default",
     seconds: Annotated[
         float | None, typer.Option(help="Training budget per run (default: the trainer's).")
     ] = None,
@@ -648,13 +650,22 @@ def experiments_run(
         list[str] | None,
         typer.Option("--set", help="Override a training setting, e.g. --set gap_radius=1."),
     ] = None,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each dataset and fold trains with each.")
+    ] = "0,1,2",
+    folds: Annotated[
+        int | None, typer.Option(help="At most this many folds per dataset (real images: 2).")
+    ] = None,
 ) -> None:
-    """Train and score the current methodology on every dataset of a suite; print the table
-    (with the change since the last run) and save it as JSON."""
+    """Train and score the current methodology on every dataset of a suite, in every fold and
+    with every seed; print each run (with the change since the last run) and the mean and
+    spread, and save them as JSON."""
     from trainer.experiments import run_from_cli
 
     counts = [int(n) for n in labels.split(",")] if labels else None
-    raise typer.Exit(code=run_from_cli(suite, seconds, counts, out, steps, setting or ()))
+    seed_list = [int(n) for n in seeds.split(",")]
+    code = run_from_cli(suite, seconds, counts, out, steps, setting or (), seed_list, folds)
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import shapely
@@ -239,3 +241,17 @@ def test_packed_distance_transform_matches_one_per_mask() -> None:
     for mask, (row, col) in zip(masks, corners, strict=True):
         slot = distance[row : row + mask.shape[0] + 2, col : col + mask.shape[1] + 2]
         np.testing.assert_array_equal(slot, ndimage.distance_transform_edt(np.pad(mask, 1)))
+
+
+def test_a_box_detector_returns_each_object_as_its_bounding_box() -> None:
+    """Users who label boxes get boxes back: the same objects, as axis-aligned rectangles."""
+    crowns = np.max([disc(12 + 5.5 * i, 30, 3.0) for i in range(3)], axis=0)
+    probs = probabilities(crowns, rectangle(40, 10, 8, 4, angle=30.0))
+    outlines = extract_objects(probs, TRANSFORM, SPEC)
+    boxes = extract_objects(probs, TRANSFORM, dataclasses.replace(SPEC, output_shape="box"))
+    assert len(boxes) == len(outlines) == 4
+    for outline, found in zip(outlines, boxes, strict=True):
+        assert found.class_name == outline.class_name
+        assert found.geometry.equals(shapely.box(*outline.geometry.bounds))
+        assert found.area_m2 == pytest.approx(found.geometry.area)
+        assert found.area_m2 > outline.area_m2  # a disc or slanted roof fills part of its box

@@ -5,7 +5,8 @@ demo is a fair test. Labels are the truth polygons rasterised into a class mask 
 instances of one class are parted by a 1-px background line: the model then learns to leave a
 valley between touching crowns, which the distance-transform watershed downstream can split.
 
-A small U-Net trains for a fixed wall-clock budget, then is exported to ONNX with softmax inside
+The trainer's default network (a U-Net over the pretrained EfficientNet-Lite0 encoder,
+trainer.network) trains for a fixed wall-clock budget, then is exported to ONNX with softmax inside
 (input already standardised, as serving does per `DetectorSpec`), checked against torch, embedded
 with its spec and scored by per-class pixel IoU on a held-out synthetic scene.
 
@@ -36,15 +37,18 @@ from inference.session import load_detector
 from scenes.synthetic import SceneObject, SceneSpec, plan_scene, write_scene
 from trainer.loop import TrainConfig, train
 from trainer.network import (
+    CONTEXT_PX,
     MULTIPLE,
     REGION_CHUNK_PX,
-    SegmentationNet,
+    WINDOW_CORE_PX,
+    build_network,
     export_onnx,
     onnx_torch_difference,
 )
 from trainer.targets import as_classes, class_target
 
 CLASS_NAMES = ("tree", "building", "car")
+DEMO_NETWORK = TrainConfig().network  # the trainer's default
 TRAIN_SEEDS = (101, 102, 103, 104)
 TRAIN_SIZE = 2048  # px; one scene renders in about a second
 HOLDOUT_SEED = 999
@@ -71,12 +75,12 @@ def demo_spec(mean: Sequence[float], std: Sequence[float]) -> DetectorSpec:
         model_type="Segmentor",
         class_names=CLASS_NAMES,
         resolution_m=0.3,
-        # The margin covers the network's receptive field (about 97 px: stride-2 stem, four
-        # levels, refinement), so windows give the same probabilities as one inference over a
-        # whole area: no seams. Core and margin are multiples of 16, the network's total stride,
-        # so every window sits on the same pixel lattice.
-        tile_size=512,
-        overlap_px=96,
+        # The margin covers the network's receptive field (trainer.network.CONTEXT_PX), so
+        # windows give the same probabilities as one inference over a whole area: no seams.
+        # Core and margin are multiples of 16, the network's total stride, so every window sits
+        # on the same pixel lattice.
+        tile_size=WINDOW_CORE_PX + 2 * CONTEXT_PX[DEMO_NETWORK],
+        overlap_px=CONTEXT_PX[DEMO_NETWORK],
         region_chunk_px=REGION_CHUNK_PX,
         input_bands=(1, 2, 3),
         mean=tuple(round(float(m), 6) for m in mean),
@@ -290,7 +294,9 @@ def build_demo_detector(
     mean, std = band_stats(scenes)
     inputs = [standardise(s.image, mean, std) for s in scenes]
     sampler = ChipSampler(scenes, inputs, config)
-    net = SegmentationNet(config.widths, classes=len(CLASS_NAMES) + 1)
+    if config.network != DEMO_NETWORK:
+        raise ValueError(f"the demo detector's spec is for {DEMO_NETWORK}, not {config.network}")
+    net = build_network(config.network, config.widths, len(CLASS_NAMES) + 1, bands=3)
     weights = class_weights(scenes, config.weight_power)
     train_began = time.perf_counter()
     step_count, loss = train(

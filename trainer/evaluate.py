@@ -2,7 +2,8 @@
 
 - object precision / recall / F1: a prediction matches a label at IoU >= 0.5, one to one (box
   labels are compared with the prediction's bounding box; point labels with the prediction that
-  contains them);
+  contains them); the same at IoU >= 0.4 beside it (`object_iou40`), as tree-crown benchmarks
+  (NeonTreeEvaluation, DeepForest) report;
 - counting F-score: per area, predicted vs labelled count (2 * min / (predicted + labelled)),
   averaged over the areas;
 - foreground IoU and pixel F1 over the areas' pixels, of the objects found (grown back from
@@ -31,6 +32,7 @@ from trainer.annotations import Area, Label
 from trainer.data import ImageSource, pixel_size_for
 
 MIN_IOU = 0.5
+LOOSE_IOU = 0.4  # tree-crown benchmarks' threshold, reported beside
 
 
 @dataclass
@@ -40,8 +42,9 @@ class AreaResult:
     area: Area
     objects: list[DetectedObject]
     labels: list[Label]
-    matched: list[tuple[int, int]]  # (object index, label index)
+    matched: list[tuple[int, int]]  # (object index, label index) at IoU >= MIN_IOU
     foreground: tuple[int, int, int] = (0, 0, 0)  # true positive, false positive, false negative px
+    matched_loose: list[tuple[int, int]] = field(default_factory=list)  # at IoU >= LOOSE_IOU
 
 
 @dataclass
@@ -51,6 +54,10 @@ class Scores:
     def as_dict(self, class_names: Sequence[str]) -> dict:
         overall = _match_scores(self.results, None)
         per_class = {name: _match_scores(self.results, name).as_dict() for name in class_names}
+        loose = _match_scores(self.results, None, loose=True)
+        per_class_loose = {
+            name: _match_scores(self.results, name, loose=True).as_dict() for name in class_names
+        }
         counts = [
             {"area": r.area.index, "predicted": len(r.objects), "labelled": len(r.labels)}
             for r in self.results
@@ -67,6 +74,8 @@ class Scores:
             "labels": sum(len(r.labels) for r in self.results),
             "object": overall.as_dict(),
             "per_class": per_class,
+            "object_iou40": loose.as_dict(),
+            "per_class_iou40": per_class_loose,
             "counting_f1": round(float(np.mean(counting)), 4) if counting else None,
             "counts": counts,
             "foreground_iou": round(tp / (tp + fp + fn), 4) if tp + fp + fn else None,
@@ -122,7 +131,7 @@ def score_areas(
     for area in areas:
         objects, probabilities, transform = predict_area(detector, source, area)
         labels = labels_in[area.index]
-        matched = []
+        matched, loose = [], []
         for name in spec.class_names:
             mine = [i for i, o in enumerate(objects) if o.class_name == name]
             theirs = [i for i, lab in enumerate(labels) if lab.cls == name]
@@ -130,8 +139,10 @@ def score_areas(
             truth = [labels[j].geometry for j in theirs]
             for p, t in matched_pairs(predicted, truth, MIN_IOU):
                 matched.append((mine[p], theirs[t]))
+            for p, t in matched_pairs(predicted, truth, LOOSE_IOU):
+                loose.append((mine[p], theirs[t]))
         foreground = _foreground(objects, probabilities.shape[1:], transform, area, labels)
-        scores.results.append(AreaResult(area, objects, labels, matched, foreground))
+        scores.results.append(AreaResult(area, objects, labels, matched, foreground, loose))
     return scores
 
 
@@ -164,12 +175,15 @@ def _foreground(objects, shape, transform, area: Area, labels: Sequence[Label]):
     return tp, fp, fn
 
 
-def _match_scores(results: Sequence[AreaResult], class_name: str | None) -> MatchScores:
+def _match_scores(
+    results: Sequence[AreaResult], class_name: str | None, loose: bool = False
+) -> MatchScores:
     tp = fp = fn = 0
     for r in results:
         objects = [i for i, o in enumerate(r.objects) if class_name in (None, o.class_name)]
         labels = [i for i, lab in enumerate(r.labels) if class_name in (None, lab.cls)]
-        hits = sum(1 for o, _ in r.matched if o in objects)
+        matched = r.matched_loose if loose else r.matched
+        hits = sum(1 for o, _ in matched if o in objects)
         tp += hits
         fp += len(objects) - hits
         fn += len(labels) - hits

@@ -72,8 +72,20 @@ class Prepared:
     truth: dict  # WGS84 FeatureCollection with properties.class
     classes: tuple[str, ...]
     training_zone: BaseGeometry  # image CRS
-    accuracy_zone: BaseGeometry  # image CRS
+    accuracy_zone: BaseGeometry  # image CRS (the scoring image's, where there is one)
     as_boxes: bool = False  # labels drawn as axis-aligned boxes, and scored as such
+    fold: int = 0
+    # Cross-image runs score another image of the same kind (a site the training never saw):
+    # its path, description and truth; None scores the accuracy zone of `image`.
+    score_image: Path | None = None
+    score_meta: dict | None = None
+    score_truth: dict | None = None
+
+    def scoring(self) -> tuple[dict, dict]:
+        """(meta, truth) of the image the accuracy zone lies in."""
+        if self.score_image is None:
+            return self.meta, self.truth
+        return self.score_meta, self.score_truth
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,9 @@ class Dataset:
     description: str
     classes: tuple[str, ...]
     labels: tuple[int, ...]  # default label counts
-    prepare: Callable[[Path, Path], Prepared]  # (cache dir, shared data dir); DatasetMissing
+    # (cache dir, shared data dir, fold) -> Prepared; raises DatasetMissing
+    prepare: Callable[[Path, Path, int], Prepared]
+    folds: int = 1  # a real image is scored in two folds: each half trains, the other scores
 
 
 def _synthetic(
@@ -97,7 +111,7 @@ def _synthetic(
     rest east of a GAP_M gap."""
     classes = (cls,) if isinstance(cls, str) else tuple(cls)
 
-    def prepare(cache: Path, data_dir: Path) -> Prepared:
+    def prepare(cache: Path, data_dir: Path, fold: int = 0) -> Prepared:
         from export.run import image_meta
         from scenes.synthetic import SceneSpec, write_scene
 
@@ -124,32 +138,83 @@ def _synthetic(
 
 
 def _halves(
-    name: str, description: str, folder: str, image: str, truth: str, cls: str, as_boxes: bool
+    name: str,
+    description: str,
+    folder: str,
+    image: str,
+    truth: str,
+    cls: str | tuple[str, ...],
+    as_boxes: bool,
 ) -> Dataset:
-    """A real image: train on its west half, score on its east half."""
+    """A real image in two folds: fold 0 trains on its west half and scores the east half,
+    fold 1 the other way round (one half of one image would choose settings that fit it)."""
+    classes = (cls,) if isinstance(cls, str) else tuple(cls)
 
-    def prepare(cache: Path, data_dir: Path) -> Prepared:
-        from export.run import image_meta
-
-        tif, labels = data_dir / folder / image, data_dir / folder / truth
-        missing = [str(p) for p in (tif, labels) if not p.exists()]
-        if missing:
-            raise DatasetMissing(f"{', '.join(missing)} not found")
-        meta = image_meta(tif)
+    def prepare(cache: Path, data_dir: Path, fold: int = 0) -> Prepared:
+        tif, meta, collection = _real_image(data_dir / folder, image, truth)
         left, bottom, right, top = meta["bounds"]
         middle = (left + right) / 2
+        west, east = box(left, bottom, middle, top), box(middle, bottom, right, top)
         return Prepared(
             name=name,
             image=tif,
             meta=meta,
-            truth=json.loads(labels.read_text()),
-            classes=(cls,),
-            training_zone=box(left, bottom, middle, top),
-            accuracy_zone=box(middle, bottom, right, top),
+            truth=collection,
+            classes=classes,
+            training_zone=west if fold == 0 else east,
+            accuracy_zone=east if fold == 0 else west,
             as_boxes=as_boxes,
+            fold=fold,
+        )
+
+    return Dataset(name, description, classes, REAL_LABELS, prepare, folds=2)
+
+
+def _cross_image(
+    name: str,
+    description: str,
+    train: tuple[str, str, str],
+    score: tuple[str, str, str],
+    cls: str,
+) -> Dataset:
+    """Train on every label of one real image, score every label of another of the same kind,
+    their classes merged into `cls`: the closest the suite comes to a site never seen."""
+
+    def prepare(cache: Path, data_dir: Path, fold: int = 0) -> Prepared:
+        tif, meta, truth = _real_image(data_dir / train[0], train[1], train[2])
+        other, other_meta, other_truth = _real_image(data_dir / score[0], score[1], score[2])
+        return Prepared(
+            name=name,
+            image=tif,
+            meta=meta,
+            truth=_merged_classes(truth, cls),
+            classes=(cls,),
+            training_zone=box(*meta["bounds"]),
+            accuracy_zone=box(*other_meta["bounds"]),
+            as_boxes=True,
+            score_image=other,
+            score_meta=other_meta,
+            score_truth=_merged_classes(other_truth, cls),
         )
 
     return Dataset(name, description, (cls,), REAL_LABELS, prepare)
+
+
+def _real_image(folder: Path, image: str, truth: str) -> tuple[Path, dict, dict]:
+    from export.run import image_meta
+
+    tif, labels = folder / image, folder / truth
+    missing = [str(p) for p in (tif, labels) if not p.exists()]
+    if missing:
+        raise DatasetMissing(f"{', '.join(missing)} not found")
+    return tif, image_meta(tif), json.loads(labels.read_text())
+
+
+def _merged_classes(collection: dict, cls: str) -> dict:
+    features = [
+        {**f, "properties": {**f["properties"], "class": cls}} for f in collection["features"]
+    ]
+    return {**collection, "features": features}
 
 
 DATASETS: dict[str, Dataset] = {
@@ -219,6 +284,23 @@ DATASETS: dict[str, Dataset] = {
             as_boxes=True,
         ),
         _halves(
+            "neon-soap061",
+            "NEON Soaproot Saddle 0.1 m RGB, 40 x 40 m: standing dead and alive conifers as boxes",
+            "soap",
+            "SOAP_061.tif",
+            "SOAP_061_trees.geojson",
+            ("dead", "alive"),
+            as_boxes=True,
+        ),
+        _cross_image(
+            "neon-osbs029-to-soap061",
+            "trained on all of OSBS_029 (Florida), scored on all of SOAP_061 (California), "
+            "dead and alive merged into tree",
+            ("osbs", "OSBS_029.tif", "OSBS_029_trees.geojson"),
+            ("soap", "SOAP_061.tif", "SOAP_061_trees.geojson"),
+            "tree",
+        ),
+        _halves(
             "spacenet-atlanta",
             "SpaceNet 4 Atlanta 0.5 m panchromatic (uint16), 450 x 450 m: building footprints",
             "spacenet_atl",
@@ -231,11 +313,13 @@ DATASETS: dict[str, Dataset] = {
 }
 
 _SYNTHETIC = ("synthetic-trees", "synthetic-buildings", "synthetic-cars")
-_REAL = ("neon-osbs029", "spacenet-atlanta")
+_NEON = ("neon-osbs029", "neon-soap061", "neon-osbs029-to-soap061")
+_REAL = (*_NEON, "spacenet-atlanta")
 SUITES: dict[str, tuple[str, ...]] = {
     "default": _SYNTHETIC + _REAL,
     "synthetic": _SYNTHETIC,
     "real": _REAL,
+    "neon": _NEON,
     "all": _SYNTHETIC + ("synthetic-mixed",) + _REAL,
     "quick": ("synthetic-quick",),
 }
@@ -336,38 +420,45 @@ class Labelled:
     training_labels: int
     accuracy_labels: int
     clean_edges: bool
+    # Cross-image runs: the scoring image's accuracy area and labels (None: on `annotations`)
+    score_collection: dict | None = None
+    score_annotations: object | None = None
+
+    def scored(self):
+        """The Annotations holding the accuracy area."""
+        return self.annotations if self.score_annotations is None else self.score_annotations
 
 
 def make_annotations(prepared: Prepared, objects: Objects, wanted: int) -> Labelled:
     """Training area with about `wanted` labels, the fixed accuracy area, parsed as the API
     parses uploads. Falls back to plain boxes if the cleaned outlines do not survive the
     WGS84 round trip."""
-    from scenes.annotations import annotations_from_truth
-    from trainer.annotations import AnnotationError, parse_annotations
+    from trainer.annotations import AnnotationError
 
     grown = grown_box(prepared.training_zone, objects.anchors, wanted)
-    crs = prepared.meta["crs_wkt"]
     for clean in (True, False):
         training = clean_edges(grown, objects) if clean else grown
-        accuracy = clean_edges(prepared.accuracy_zone, objects) if clean else prepared.accuracy_zone
-        accuracy = _polygonal(
-            shapely.set_precision(accuracy.difference(training.buffer(0.05)), _PRECISION_M)
-        )
-        collection = annotations_from_truth(
-            prepared.truth,
-            crs,
-            training=[training],
-            accuracy=[accuracy],
-            classes=prepared.classes,
-            as_boxes=prepared.as_boxes,
-        )
         try:
-            parsed = parse_annotations(
-                collection,
-                classes=prepared.classes,
-                image_crs_wkt=crs,
-                image_bounds=tuple(prepared.meta["bounds"]),
-            )
+            if prepared.score_image is None:
+                accuracy = (
+                    clean_edges(prepared.accuracy_zone, objects)
+                    if clean
+                    else prepared.accuracy_zone
+                )
+                accuracy = _polygonal(
+                    shapely.set_precision(accuracy.difference(training.buffer(0.05)), _PRECISION_M)
+                )
+                collection, parsed = _parsed(prepared, prepared.meta, prepared.truth,
+                                             [training], [accuracy])  # fmt: skip
+                scored, score_collection, score_parsed = parsed, None, None
+            else:
+                collection, parsed = _parsed(prepared, prepared.meta, prepared.truth,
+                                             [training], [])  # fmt: skip
+                score_collection, score_parsed = _parsed(
+                    prepared, prepared.score_meta, prepared.score_truth,
+                    [], [prepared.accuracy_zone],
+                )  # fmt: skip
+                scored = score_parsed
         except AnnotationError:
             if not clean:
                 raise
@@ -377,10 +468,36 @@ def make_annotations(prepared: Prepared, objects: Objects, wanted: int) -> Label
             collection=collection,
             annotations=parsed,
             training_labels=sum(len(parsed.labels_in(a)) for a in parsed.training),
-            accuracy_labels=sum(len(parsed.labels_in(a)) for a in parsed.accuracy),
+            accuracy_labels=sum(len(scored.labels_in(a)) for a in scored.accuracy),
             clean_edges=clean,
+            score_collection=score_collection,
+            score_annotations=score_parsed,
         )
     raise AssertionError("unreachable")
+
+
+def _parsed(prepared: Prepared, meta: dict, truth: dict, training, accuracy) -> tuple[dict, object]:
+    """Areas and the truth inside them as a user's upload, and as the API parses it."""
+    from scenes.annotations import annotations_from_truth
+    from trainer.annotations import parse_annotations
+
+    crs = meta["crs_wkt"]
+    collection = annotations_from_truth(
+        truth,
+        crs,
+        training=training,
+        accuracy=accuracy,
+        classes=prepared.classes,
+        as_boxes=prepared.as_boxes,
+    )
+    parsed = parse_annotations(
+        collection,
+        classes=prepared.classes,
+        image_crs_wkt=crs,
+        image_bounds=tuple(meta["bounds"]),
+        require_labels=bool(training),  # a scoring image has an accuracy area alone
+    )
+    return collection, parsed
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -390,8 +507,8 @@ def _diagnose(run_dir: Path, prepared: Prepared, labelled: Labelled) -> dict:
     """What went wrong, from the verdicts in predictions.geojson: missed labels that a merged
     prediction swallowed, that were found with a poor outline, or not found at all; false
     positives that merge several labels, are a piece of a label, or lie on background."""
-    crs = prepared.meta["crs_wkt"]
-    annotations = labelled.annotations
+    crs = prepared.scoring()[0]["crs_wkt"]
+    annotations = labelled.scored()
     labels = [lab.geometry for area in annotations.accuracy for lab in annotations.labels_in(area)]
     features = json.loads((run_dir / "predictions.geojson").read_text())["features"]
     predicted, false_positive = [], []
@@ -463,11 +580,16 @@ def run_one(
     from trainer.data import ImageSource
     from trainer.train import TrainingRequest, train_detector
 
+    images = {"image": ImageSource("image", str(prepared.image), prepared.meta)}
+    annotations = {"image": labelled.annotations}
+    if prepared.score_image is not None:
+        images["score"] = ImageSource("score", str(prepared.score_image), prepared.score_meta)
+        annotations["score"] = labelled.score_annotations
     request = TrainingRequest(
         name=f"{prepared.name}-{labelled.requested}",
         class_names=prepared.classes,
-        images={"image": ImageSource("image", str(prepared.image), prepared.meta)},
-        annotations={"image": labelled.annotations},
+        images=images,
+        annotations=annotations,
         seconds=seconds,
         steps=steps,
         seed=seed,
@@ -492,10 +614,21 @@ def run_one(
     wall = time.perf_counter() - began
     metrics = report["metrics"] or {}
     obj = metrics.get("object", {})
+    loose = metrics.get("object_iou40", {})
+    per_class = {
+        name: {
+            "f1": scores.get("f1"),
+            "f1_iou40": metrics.get("per_class_iou40", {}).get(name, {}).get("f1"),
+            "labelled": scores.get("tp", 0) + scores.get("fn", 0),
+        }
+        for name, scores in metrics.get("per_class", {}).items()
+    }
     predicted = sum(c["predicted"] for c in metrics.get("counts", []))
     counted = sum(c["labelled"] for c in metrics.get("counts", []))
     return {
         "dataset": prepared.name,
+        "fold": prepared.fold,
+        "seed": seed,
         "labels": report["labels"],
         "labels_requested": labelled.requested,
         "train_seconds": report["train_seconds"],
@@ -504,6 +637,10 @@ def run_one(
         "precision": obj.get("precision"),
         "recall": obj.get("recall"),
         "f1": obj.get("f1"),
+        "precision_iou40": loose.get("precision"),
+        "recall_iou40": loose.get("recall"),
+        "f1_iou40": loose.get("f1"),
+        "per_class": per_class,
         "counting_f1": metrics.get("counting_f1"),
         "count_error": round(abs(predicted - counted) / counted, 4) if counted else None,
         "foreground_iou": metrics.get("foreground_iou"),
@@ -581,6 +718,9 @@ def _label_counts(dataset: Dataset, labels: Sequence[int] | None) -> list[int]:
     return sorted(set(labels if labels else dataset.labels))
 
 
+DEFAULT_SEEDS = (0, 1, 2)
+
+
 def run_suite(
     suite: str,
     seconds: float | None,
@@ -589,36 +729,43 @@ def run_suite(
     progress: Progress = print,
     *,
     steps: int | None = None,
-    seed: int = 0,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    folds: int | None = None,
     config=None,
     cache: Path | None = None,
     data_dir: Path | None = None,
     resolution_m: float | None = None,
 ) -> list[dict]:
-    """Train and score the methodology on every dataset of `suite`, for each label count.
+    """Train and score the methodology on every dataset of `suite`, for each label count, each
+    fold of the dataset (real images: 2) and each seed.
 
     `seconds` is each training's budget (None: trainer.train.default_seconds()); `steps`
     trains exactly that many steps instead. `labels` overrides the datasets' label counts; a
-    count beyond what a training zone holds trains on all it holds, once. `config` is the
-    TrainConfig to evaluate (default: the trainer's); `resolution_m` the detector resolution
-    (default: each image's own). Writes `out_dir/<suite>-<timestamp>.json`
-    and `out_dir/<suite>-latest.json`, prints the table with the change in F1 against the
-    previous latest, and returns the rows (a failed run's row has an "error").
+    count beyond what a training zone holds trains on all it holds, once. `folds` caps the
+    folds per dataset (None: all). `config` is the TrainConfig to evaluate (default: the
+    trainer's); `resolution_m` the detector resolution (default: each image's own). Writes
+    `out_dir/<suite>-<timestamp>.json` and `out_dir/<suite>-latest.json` with every run and the
+    summary (mean and spread over folds and seeds), prints the per-run table with the change
+    in F1 against the previous latest, then the summary, and returns the rows (a failed run's
+    row has an "error").
     """
     with warnings.catch_warnings():  # rio-tiler's note that a scene has no overviews
         warnings.filterwarnings("ignore", message=".*has no Overviews.*")
         return _run_suite(
-            suite, seconds, labels, out_dir, progress, steps, seed, config, cache, data_dir,
-            resolution_m,
+            suite, seconds, labels, out_dir, progress, steps, tuple(seeds), folds, config, cache,
+            data_dir, resolution_m,
         )  # fmt: skip
 
 
 def _run_suite(
-    suite, seconds, labels, out_dir, progress, steps, seed, config, cache, data_dir, resolution_m
-):
+    suite, seconds, labels, out_dir, progress, steps, seeds, folds, config, cache, data_dir,
+    resolution_m,
+):  # fmt: skip
     from trainer.loop import TrainConfig
     from trainer.train import default_seconds
 
+    if not seeds:
+        raise ValueError("at least one seed is needed")
     datasets = suite_datasets(suite)
     config = config or TrainConfig()
     cache = Path(cache or cache_dir())
@@ -632,61 +779,36 @@ def _run_suite(
     progress(
         f"suite {suite}: {len(datasets)} dataset(s), "
         + (f"{steps} steps" if steps else f"{budget:.0f} s")
-        + " per training"
+        + f" per training, seeds {', '.join(map(str, seeds))}"
     )
     rows: list[dict] = []
     skipped: list[dict] = []
     for dataset in datasets:
-        try:
-            prepared = dataset.prepare(cache, data_dir)
-        except DatasetMissing as exc:
-            progress(f"skipped {dataset.name}: {exc}")
-            skipped.append({"dataset": dataset.name, "reason": str(exc)})
-            continue
-        objects = truth_objects(prepared)
-        done: set[int] = set()
-        for wanted in _label_counts(dataset, labels):
-            labelled = make_annotations(prepared, objects, wanted)
-            if labelled.training_labels in done:
-                continue  # the zone holds fewer: this count was trained already
-            done.add(labelled.training_labels)
-            progress(
-                f"{dataset.name}: {labelled.training_labels} training labels "
-                f"(asked {wanted}), {labelled.accuracy_labels} accuracy labels"
-            )
-            run_dir = cache / "runs" / f"{suite}-{stamp}" / f"{dataset.name}-{wanted}"
+        for fold in range(min(dataset.folds, folds or dataset.folds)):
             try:
-                row = run_one(
-                    prepared, labelled, run_dir,
-                    seconds=budget, steps=steps, seed=seed, config=config, progress=progress,
-                    resolution_m=resolution_m,
-                )  # fmt: skip
-            except Exception as exc:  # one failure must not lose the other rows
-                progress(f"  FAILED: {exc!r}")
-                row = {
-                    "dataset": dataset.name,
-                    "labels": labelled.training_labels,
-                    "labels_requested": wanted,
-                    "error": "".join(traceback.format_exception_only(exc)).strip(),
-                }
-            rows.append(row)
-            if "error" not in row:
-                progress(
-                    f"  F1 {row['f1']:.3f} (P {row['precision']:.3f}, R {row['recall']:.3f}), "
-                    f"{row['steps']} steps in {row['train_seconds']:.0f} s"
-                )
+                prepared = dataset.prepare(cache, data_dir, fold)
+            except DatasetMissing as exc:
+                progress(f"skipped {dataset.name}: {exc}")
+                skipped.append({"dataset": dataset.name, "reason": str(exc)})
+                break
+            rows += _runs_of(
+                prepared, dataset, labels, seeds, stamp, suite, cache, progress,
+                seconds=budget, steps=steps, config=config, resolution_m=resolution_m,
+            )  # fmt: skip
     _attach_deltas(rows, previous)
+    summary = summarise(rows)
     record = {
         "suite": suite,
         "timestamp": stamp,
         "git": git_state(),
         "machine": machine(),
-        "budget": {"seconds": budget, "steps": steps, "seed": seed},
+        "budget": {"seconds": budget, "steps": steps, "seeds": list(seeds)},
         "resolution_m": resolution_m,
         "labels_requested": labels,
         "config": dataclasses.asdict(config),
         "previous": previous["timestamp"] if previous else None,
         "skipped": skipped,
+        "summary": summary,
         "rows": rows,
     }
     path = out_dir / f"{suite}-{stamp}.json"
@@ -700,12 +822,59 @@ def _run_suite(
     staging.write_text(text)
     os.replace(staging, latest)
     progress(format_table(rows, with_delta=previous is not None))
+    progress(format_summary(summary))
     progress(f"saved {path}")
     return rows
 
 
-def _key(row: dict) -> tuple[str, int]:
-    return row["dataset"], row.get("labels_requested", row["labels"])
+def _runs_of(
+    prepared, dataset, labels, seeds, stamp, suite, cache, progress, **training
+) -> list[dict]:
+    """Every (label count, seed) run of one prepared fold."""
+    objects = truth_objects(prepared)
+    rows: list[dict] = []
+    done: set[int] = set()
+    for wanted in _label_counts(dataset, labels):
+        labelled = make_annotations(prepared, objects, wanted)
+        if labelled.training_labels in done:
+            continue  # the zone holds fewer: this count was trained already
+        done.add(labelled.training_labels)
+        progress(
+            f"{dataset.name} fold {prepared.fold}: {labelled.training_labels} training labels "
+            f"(asked {wanted}), {labelled.accuracy_labels} accuracy labels"
+        )
+        for seed in seeds:
+            name = f"{dataset.name}-{wanted}-f{prepared.fold}-s{seed}"
+            run_dir = cache / "runs" / f"{suite}-{stamp}" / name
+            try:
+                row = run_one(prepared, labelled, run_dir, seed=seed, progress=progress, **training)
+            except Exception as exc:  # one failure must not lose the other rows
+                progress(f"  FAILED: {exc!r}")
+                row = {
+                    "dataset": dataset.name,
+                    "fold": prepared.fold,
+                    "seed": seed,
+                    "labels": labelled.training_labels,
+                    "labels_requested": wanted,
+                    "error": "".join(traceback.format_exception_only(exc)).strip(),
+                }
+            rows.append(row)
+            if "error" not in row:
+                progress(
+                    f"  seed {seed}: F1 {row['f1']:.3f} (P {row['precision']:.3f}, "
+                    f"R {row['recall']:.3f}), F1@0.4 {row['f1_iou40']:.3f}, "
+                    f"{row['steps']} steps in {row['train_seconds']:.0f} s"
+                )
+    return rows
+
+
+def _key(row: dict) -> tuple:
+    return (
+        row["dataset"],
+        row.get("labels_requested", row["labels"]),
+        row.get("fold", 0),
+        row.get("seed", 0),
+    )
 
 
 def _attach_deltas(rows: list[dict], previous: dict | None) -> None:
@@ -719,14 +888,102 @@ def _attach_deltas(rows: list[dict], previous: dict | None) -> None:
         )
 
 
+SUMMARISED = ("f1", "f1_iou40", "precision", "recall", "steps", "count_error")
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Per (dataset, label count): mean, sample standard deviation and range over every fold
+    and seed that scored, for F1 at IoU 0.5 and 0.4, precision, recall, steps and count error,
+    and the same for each class's F1. A difference inside the spread is no difference."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        if "error" not in row and row.get("f1") is not None:
+            groups.setdefault(_group(row), []).append(row)
+    out = []
+    for (dataset, labels), members in groups.items():
+        entry: dict = {
+            "dataset": dataset,
+            "labels": labels,
+            "labels_trained": sorted({r["labels"] for r in members}),
+            "runs": len(members),
+            "folds": len({r.get("fold", 0) for r in members}),
+            "seeds": len({r.get("seed", 0) for r in members}),
+            "failed": sum(1 for r in rows if "error" in r and _group(r) == (dataset, labels)),
+        }
+        for key in SUMMARISED:
+            entry[key] = _spread([r.get(key) for r in members])
+        classes = sorted({c for r in members for c in r.get("per_class", {})})
+        if len(classes) > 1:
+            entry["per_class"] = {
+                c: {
+                    k: _spread([r["per_class"].get(c, {}).get(k) for r in members])
+                    for k in ("f1", "f1_iou40")
+                }
+                for c in classes
+            }
+        out.append(entry)
+    return out
+
+
+def _group(row: dict) -> tuple[str, int]:
+    """Folds of one dataset hold different label counts; they share the count asked for."""
+    return row["dataset"], row.get("labels_requested", row["labels"])
+
+
+def _spread(values: Sequence[float | None]) -> dict | None:
+    import statistics
+
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    return {
+        "mean": round(statistics.fmean(present), 4),
+        "sd": round(statistics.stdev(present), 4) if len(present) > 1 else 0.0,
+        "min": round(min(present), 4),
+        "max": round(max(present), 4),
+    }
+
+
+def format_summary(summary: Sequence[dict]) -> str:
+    """The summary as an aligned table: mean ± sd over folds and seeds."""
+
+    def cell(value: dict | None, form: str = "{:.3f}") -> str:
+        if value is None:
+            return "-"
+        return f"{form.format(value['mean'])} ± {form.format(value['sd'])}"
+
+    cells = [["dataset", "labels", "runs", "F1@0.5", "F1@0.4", "P", "R", "steps"]]
+    for entry in summary:
+        cells.append(
+            [
+                entry["dataset"],
+                str(entry["labels"]),
+                f"{entry['runs']} ({entry['folds']}x{entry['seeds']})",
+                cell(entry["f1"]),
+                cell(entry["f1_iou40"]),
+                cell(entry["precision"]),
+                cell(entry["recall"]),
+                cell(entry["steps"], "{:.0f}"),
+            ]
+        )
+        for cls, figures in entry.get("per_class", {}).items():
+            cells.append(
+                ["  " + cls, "", "", cell(figures["f1"]), cell(figures["f1_iou40"]), "", "", ""]
+            )
+    return "summary (mean ± sd over folds and seeds)\n" + _aligned(cells)
+
+
 _COLUMNS = (
     ("dataset", "dataset", "{}"),
+    ("fold", "fold", "{}"),
+    ("seed", "seed", "{}"),
     ("labels", "labels", "{}"),
     ("train s", "train_seconds", "{:.0f}"),
     ("steps", "steps", "{}"),
     ("P", "precision", "{:.3f}"),
     ("R", "recall", "{:.3f}"),
     ("F1", "f1", "{:.3f}"),
+    ("F1@0.4", "f1_iou40", "{:.3f}"),
     ("ΔF1", "delta_f1", "{:+.3f}"),
     ("count F", "counting_f1", "{:.3f}"),
     ("count err", "count_error", "{:.1%}"),
@@ -742,13 +999,19 @@ def format_table(rows: Sequence[dict], with_delta: bool = True) -> str:
         line = []
         for _, key, form in columns:
             value = row.get(key)
-            if "error" in row and key not in ("dataset", "labels"):
+            if "error" in row and key not in ("dataset", "fold", "seed", "labels"):
                 value = "failed" if key == "train_seconds" else None
             line.append(
                 "-" if value is None else value if isinstance(value, str) else form.format(value)
             )
         cells.append(line)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return _aligned(cells)
+
+
+def _aligned(cells: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as text: the first column left-aligned, the others right, a rule below
+    the header."""
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     lines = [
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)
@@ -787,11 +1050,14 @@ def run_from_cli(
     out_dir: Path | None = None,
     steps: int | None = None,
     settings: Sequence[str] = (),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    folds: int | None = None,
 ) -> int:
     """The `tiledetect experiments run` command: 0 when every run scored, 1 when one failed,
     2 for an unknown suite or setting. `steps` trains a fixed step count instead of a time
     budget (comparable across runs on a machine others are loading); `settings` override
-    TrainConfig fields."""
+    TrainConfig fields; every dataset is trained with each of `seeds` in each of its folds
+    (at most `folds`)."""
     try:
         suite_datasets(suite)
         config = config_with(settings)
@@ -799,8 +1065,9 @@ def run_from_cli(
         print(exc.args[0], file=sys.stderr)
         return 2
     rows = run_suite(
-        suite, seconds, labels, Path(out_dir or DEFAULT_RESULTS), steps=steps, config=config
-    )
+        suite, seconds, labels, Path(out_dir or DEFAULT_RESULTS),
+        steps=steps, config=config, seeds=seeds, folds=folds,
+    )  # fmt: skip
     return 1 if any("error" in r for r in rows) else 0
 
 
@@ -814,9 +1081,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="fixed steps, not seconds")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], help="TrainConfig KEY=VALUE")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--folds", type=int, default=None, help="at most this many folds")
     args = parser.parse_args(argv)
     labels = [int(x) for x in args.labels.split(",")] if args.labels else None
-    return run_from_cli(args.suite, args.seconds, labels, args.out, args.steps, args.set)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    return run_from_cli(
+        args.suite, args.seconds, labels, args.out, args.steps, args.set, seeds, args.folds
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The segmentation network tiledetect trains, and its export to ONNX.
+"""The segmentation networks tiledetect trains, and their export to ONNX.
 
-A small U-Net behind a stride-2 stem with a full-resolution refinement: cheap enough to train in
-minutes on two CPU cores, and any input whose sides are multiples of 16 works. Exported with the
-softmax inside (Deepness segmentors return probabilities), dynamic batch and size.
+`PretrainedUNet` (the default): an ImageNet-trained EfficientNet-Lite encoder (trainer.encoder)
+with a light U-Net decoder and a full-resolution refinement. `SegmentationNet`: the small U-Net
+trained from scratch that came first (`TrainConfig(network="unet")`). Both take any input whose
+sides are multiples of 16 and are exported with the softmax inside (Deepness segmentors return
+probabilities), dynamic batch and size.
 """
 
 from __future__ import annotations
@@ -82,6 +84,89 @@ class SegmentationNet(nn.Module):
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
             features = merge(torch.cat([up(features), skip], dim=1))
         return self.fine(torch.cat([self.to_full(features), x], dim=1))
+
+
+def conv_unit(cin: int, cout: int) -> nn.Sequential:
+    """One 3x3 conv + BatchNorm + ReLU: the decoder's unit (one, not two, per level keeps the
+    receptive field inside the windows' context margin)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class PretrainedUNet(nn.Module):
+    """EfficientNet-Lite features at 1/2 .. 1/16, merged back up to full resolution.
+
+    Each decoder level upsamples (nearest), concatenates the encoder's features of that scale and
+    applies one conv unit; the last layer sees the input again at full resolution to place
+    outlines and the gaps between touching crowns, as SegmentationNet's does. Its receptive
+    field is about 180 px: the 96 px context margin of each window covers it.
+    """
+
+    def __init__(
+        self,
+        classes: int,
+        bands: int = 3,
+        encoder: str = "efficientnet_lite0",
+        decoder: Sequence[int] = (64, 48, 32),
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        from trainer.encoder import EfficientNetLiteEncoder, load_pretrained
+
+        self.encoder = EfficientNetLiteEncoder(encoder, bands)
+        if pretrained:
+            load_pretrained(self.encoder)
+        skips = list(reversed(self.encoder.channels[:-1]))  # 1/8, 1/4, 1/2
+        cin = self.encoder.channels[-1]
+        self.merge = nn.ModuleList()
+        for skip, width in zip(skips, decoder, strict=True):
+            self.merge.append(conv_unit(cin + skip, width))
+            cin = width
+        self.fine = nn.Sequential(
+            nn.Conv2d(cin + bands, FINE_WIDTH, 3, padding=1, bias=False),
+            nn.BatchNorm2d(FINE_WIDTH),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(FINE_WIDTH, classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised (N, bands, H, W), H and W multiples of 16 -> logits (N, classes, H, W)."""
+        features = self.encoder(x)
+        out = features[-1]
+        for merge, skip in zip(self.merge, reversed(features[:-1]), strict=True):
+            out = merge(torch.cat([_upsampled(out), skip], dim=1))
+        return self.fine(torch.cat([_upsampled(out), x], dim=1))
+
+    def parameter_groups(self, encoder_lr: float) -> list[dict]:
+        """The encoder's parameters learn at `encoder_lr` times the rate of the new layers:
+        fine-tuning keeps what ImageNet taught while the decoder starts from nothing."""
+        encoder = list(self.encoder.parameters())
+        own = {id(p) for p in encoder}
+        rest = [p for p in self.parameters() if id(p) not in own]
+        return [{"params": encoder, "lr_scale": encoder_lr}, {"params": rest, "lr_scale": 1.0}]
+
+
+def _upsampled(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+NETWORKS = ("efficientnet_lite0", "efficientnet_lite1", "unet")
+# Context margin (px each side of a window) that covers each network's receptive field, so
+# windows give the same probabilities as one inference over their union (no seams). Measured
+# reach of one output pixel's gradient: lite0 89 px, lite1 125 px, unet 93 px
+# (tests/test_encoder.py checks it); multiples of 16, the networks' total stride.
+CONTEXT_PX = {"efficientnet_lite0": 96, "efficientnet_lite1": 128, "unet": 96}
+WINDOW_CORE_PX = 320  # the part of each window kept; the window is this plus both margins
+
+
+def build_network(network: str, widths: Sequence[int], classes: int, bands: int) -> nn.Module:
+    """The network a TrainConfig names: a pretrained EfficientNet-Lite U-Net, or "unet"."""
+    if network == "unet":
+        return SegmentationNet(widths, classes=classes, bands=bands)
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
+    return PretrainedUNet(classes, bands, encoder=network)
 
 
 class WithSoftmax(nn.Module):

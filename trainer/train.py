@@ -33,13 +33,15 @@ from trainer.data import (
 from trainer.evaluate import Scores, predict_area, score_areas
 from trainer.loop import TrainConfig, TrainProgress, train
 from trainer.network import (
+    CONTEXT_PX,
     REGION_CHUNK_PX,
-    SegmentationNet,
+    WINDOW_CORE_PX,
+    build_network,
     export_onnx,
     onnx_torch_difference,
 )
 
-TILE_SIZE, OVERLAP_PX = 512, 96  # windows for the network's ~97 px receptive field (see demo)
+INPUT_NORMS = ("image", "pretrained")
 ONNX_TOLERANCE = 1e-4
 
 
@@ -99,11 +101,11 @@ def train_detector(
             )
     if not areas:
         raise ValueError("no training area to learn from")
-    mean, std = band_stats(areas)
-    inputs = [standardise(a.pixels, mean, std) for a in areas]
     config = request.config
+    mean, std = input_stats(areas, config.input_norm)
+    inputs = [standardise(a.pixels, mean, std) for a in areas]
     sampler = AreaSampler(areas, inputs, config)
-    net = SegmentationNet(config.widths, classes=len(class_names) + 1, bands=len(bands))
+    net = build_network(config.network, config.widths, len(class_names) + 1, len(bands))
     weights = class_weights(areas, len(class_names) + 1, config.weight_power)
     seconds = request.seconds or default_seconds()
     curve: list[dict] = []
@@ -125,8 +127,8 @@ def train_detector(
         model_type="Segmentor",
         class_names=class_names,
         resolution_m=resolution,
-        tile_size=TILE_SIZE,
-        overlap_px=OVERLAP_PX,
+        tile_size=WINDOW_CORE_PX + 2 * CONTEXT_PX[config.network],
+        overlap_px=CONTEXT_PX[config.network],
         region_chunk_px=REGION_CHUNK_PX,
         input_bands=bands,
         mean=tuple(round(float(m), 6) for m in mean),
@@ -136,6 +138,7 @@ def train_detector(
         colors=request.colors,
         name=request.name,
         expand_ratio=expand_ratio_for(config.core_ratio),
+        output_shape=_output_shape(request),
     )
     model_path = out_dir / "model.onnx"
     check = sampler.batch(np.random.default_rng(request.seed + 1))[0][:4]
@@ -162,6 +165,25 @@ def train_detector(
     _write_json(out_dir / "predictions.geojson", predictions)
     _write_json(out_dir / "report.json", report)
     return report
+
+
+def input_stats(areas, input_norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std that standardise the input (on the 0..1 scale of 8-bit values):
+    the training areas' own, or the pretrained encoder's (x - 0.5) / 0.5 where the data are
+    8-bit (other data keep their own: a uint16 band is far outside 0..1)."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, not {input_norm!r}")
+    mean, std = band_stats(areas)
+    if input_norm == "pretrained" and max(float(a.pixels.max()) for a in areas) <= 1.0:
+        return np.full_like(mean, 0.5), np.full_like(std, 0.5)
+    return mean, std
+
+
+def _output_shape(request: TrainingRequest) -> str:
+    """Boxes back where every label was drawn as a box (as Picterra's box detectors do);
+    outlines otherwise."""
+    kinds = {label.kind for a in request.annotations.values() for label in a.labels}
+    return "box" if kinds == {"box"} else "polygon"
 
 
 def _export_checked(
@@ -212,14 +234,16 @@ def _feature(geometry, crs: str, image_id: str, role: str, verdict: str, props: 
 
 
 def _min_area(request: TrainingRequest) -> float:
-    """A fifth of the smallest labelled object (in m²), so slivers are dropped, not objects."""
+    """A fifth of the smallest object labelled in a training area (in m²), so slivers are
+    dropped, not objects (accuracy-area labels stay unseen: their scores stay honest)."""
     areas = []
     for image_id, labelled in request.annotations.items():
         meta = request.images[image_id].meta
         metres_per_unit = meta["gsd"] / meta["resolution"][0]
         areas += [
             label.geometry.area * metres_per_unit**2
-            for label in labelled.labels
+            for area in labelled.training
+            for label in labelled.labels_in(area)
             if label.geometry.geom_type != "Point"
         ]
     return round(max(0.05, 0.2 * min(areas)), 3) if areas else 0.5

@@ -109,3 +109,22 @@ def test_receptive_field_fits_the_context_margin(name):
     assert len(reach)
     furthest = int((reach - centre).abs().max())
     assert furthest <= CONTEXT_PX[name], (name, furthest)
+
+
+def test_pretrained_input_statistics_apply_to_8_bit_data_only():
+    import numpy as np
+
+    from trainer.data import AreaData
+    from trainer.train import input_stats
+
+    target = np.zeros((4, 4), np.uint8)
+    eight_bit = AreaData(np.full((3, 4, 4), 0.25, np.float32), target, np.zeros((0, 3)))
+    mean, std = input_stats([eight_bit], "pretrained")
+    assert mean.tolist() == [0.5] * 3 and std.tolist() == [0.5] * 3
+    sixteen_bit = AreaData(np.full((1, 4, 4), 7.0, np.float32), target, np.zeros((0, 3)))
+    mean, _ = input_stats([sixteen_bit], "pretrained")  # far outside 0..1: its own statistics
+    assert mean.tolist() == [7.0]
+    mean, _ = input_stats([eight_bit], "image")
+    assert mean.tolist() == [0.25] * 3
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        input_stats([eight_bit], "imagenet")

@@ -395,6 +395,42 @@ def test_posted_features_for_image_data(client, layer):
         },
     )
     assert nan.status_code == 400 and "finite" in nan.json()["detail"]
+    ring = ring_around(lon, lat)
+    with_empty = {
+        "type": "GeometryCollection",
+        "geometries": [
+            {"type": "Polygon", "coordinates": [ring]},
+            {"type": "MultiPolygon", "coordinates": [[]]},
+        ],
+    }
+    for route in ("feature", "feature.png", "feature/64x64.png", "statistics"):
+        empty = client.post(f"{root}/{route}", json={"type": "Feature", "geometry": with_empty})
+        assert empty.status_code == 400, (route, empty.text)
+        assert "empty MultiPolygon" in empty.json()["detail"]
+    nothing = {"type": "GeometryCollection", "geometries": []}
+    empty = client.post(f"{root}/feature.png", json={"type": "Feature", "geometry": nothing})
+    assert empty.status_code == 400 and "empty GeometryCollection" in empty.json()["detail"]
+    fill = client.post(
+        f"{root}/statistics?nodata=nan",
+        json={
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+        },
+    )
+    assert fill.status_code == 400 and "nodata=nan" in fill.json()["detail"]
+    assert (
+        client.post(
+            f"{root}/statistics?nodata=0",
+            json={
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            },
+        ).status_code
+        == 200
+    )
+    assert client.get(f"{root}/preview.png?nodata=0").status_code == 200
 
 
 # --- tiles and image-data parameters --------------------------------------------------------------
@@ -438,6 +474,18 @@ IMAGE_DATA_REFUSALS = {
     "point/nan,nan": "finite numbers",
     "point/1e308,1e308": "outside WGS84",
     "statistics?max_size=100000": "max_size=100000",
+    # Found by a long schemathesis run: each was a 500 from rio-tiler or GDAL.
+    "preview?nodata=nan": "nodata=nan cannot be a pixel value of this uint8 image",
+    "preview.png?nodata=nan": "use a number from 0 to 255",
+    "preview.png?nodata=300": "nodata=300 cannot be",
+    "tiles/WebMercatorQuad/0/0/0.png?nodata=-1": "nodata=-1 cannot be",
+    "statistics?nodata=inf": "nodata=inf cannot be",
+    "preview/0x0.png": "width=0 is too small",
+    "bbox/0,0,0,0.png?width=0": "width=0 is too small",
+    "bbox/0,0,0,0/0x0.png": "width=0 is too small",
+    "bbox/0,0,0,0.png": "the box 0,0,0,0 is empty",
+    "bbox/1,1,0,0.png": "minx < maxx",
+    "bbox/0,0,1,1.png?max_size=0": "max_size=0 is too small",
 }
 
 

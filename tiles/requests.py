@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 
 import morecantile
+import numpy as np
 
 from tiles.errors import InvalidTileRequestError, OutsideGridError
 
@@ -21,6 +22,37 @@ def check_output_side(name: str, value: float) -> None:
     if not math.isfinite(value) or value > MAX_OUTPUT_SIDE:
         raise InvalidTileRequestError(
             f"{name}={value:g} is too large: outputs are at most {MAX_OUTPUT_SIDE} px per side"
+        )
+    if value < 1:
+        raise InvalidTileRequestError(
+            f"{name}={value:g} is too small: outputs are at least 1 px per side"
+        )
+
+
+def check_nodata(raw: str, dtype: str) -> None:
+    """A nodata value the image's pixels can hold: NaN, infinities or out-of-range numbers
+    cannot mark an integer pixel (rio-tiler would fail converting its fill value)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return  # titiler names a value that is not a number
+    kind = np.dtype(dtype)
+    if kind.kind not in "iu":
+        return
+    info = np.iinfo(kind)
+    if not (math.isfinite(value) and info.min <= value <= info.max):
+        raise InvalidTileRequestError(
+            f"nodata={raw} cannot be a pixel value of this {dtype} image: use a number from "
+            f"{info.min} to {info.max}"
+        )
+
+
+def check_box(minx: float, miny: float, maxx: float, maxy: float) -> None:
+    """A bounding box with an inside: a line or a point has no pixels to draw."""
+    if not (minx < maxx and miny < maxy):
+        raise InvalidTileRequestError(
+            f"the box {minx:g},{miny:g},{maxx:g},{maxy:g} is empty: it must be "
+            "minx,miny,maxx,maxy with minx < maxx and miny < maxy"
         )
 
 
@@ -75,6 +107,10 @@ def feature_bounds(geojson: object, geographic: bool) -> tuple[float, float, flo
     def walk(value: object, depth: int = 0) -> None:
         if depth > 6:
             raise InvalidTileRequestError("the GeoJSON is nested too deeply")
+        if isinstance(value, dict) and "type" in value and _is_empty(value):
+            raise InvalidTileRequestError(
+                f"the GeoJSON holds an empty {value['type']} (no coordinates): remove it"
+            )
         if isinstance(value, dict):
             for key in ("features", "geometry", "geometries", "coordinates"):
                 if key in value:
@@ -97,6 +133,24 @@ def feature_bounds(geojson: object, geographic: bool) -> tuple[float, float, flo
     check_coordinates(flat, geographic)
     xs, ys = flat[0::2], flat[1::2]
     return min(xs), min(ys), max(xs), max(ys)
+
+
+def _is_empty(geometry: dict) -> bool:
+    """A geometry with no position anywhere in it (`[]`, `[[]]`, a collection of nothing)."""
+    if "coordinates" in geometry:
+        return not _has_position(geometry["coordinates"])
+    if geometry.get("type") == "GeometryCollection":
+        parts = geometry.get("geometries")
+        return isinstance(parts, list) and not parts
+    return False
+
+
+def _has_position(value: object) -> bool:
+    if not isinstance(value, list):
+        return True  # not GeoJSON: titiler's validation names it
+    if value and all(isinstance(v, int | float) for v in value):
+        return True
+    return any(_has_position(item) for item in value)
 
 
 def check_extent_px(width_px: float, height_px: float) -> None:

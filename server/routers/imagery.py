@@ -19,9 +19,11 @@ from titiler.extensions.wmts import wmtsExtension
 from server.dependencies import image_cog_path
 from tiles.requests import (
     check_band_indexes,
+    check_box,
     check_coordinates,
     check_extent_px,
     check_margin,
+    check_nodata,
     check_output_side,
     check_tile_in_grid,
     feature_bounds,
@@ -88,17 +90,22 @@ async def bounded_request(request: Request) -> None:
             check_margin(name, value, tilesize)
     indexes = [int(v) for v in query.getlist("bidx") if v.lstrip("-").isdigit()]
     posted = request.method == "POST" and "image_id" in path
+    nodata = query.get("nodata")
     image = None
-    if (indexes or posted) and "image_id" in path:
+    if (indexes or posted or nodata is not None) and "image_id" in path:
         image = await run_in_threadpool(request.app.state.services.images.get, path["image_id"])
     if indexes and image is not None:
         check_band_indexes(indexes, (image.meta or {}).get("count", 0))
+    if nodata is not None and image is not None and (image.meta or {}).get("dtype"):
+        check_nodata(nodata, image.meta["dtype"])
     if posted and image is not None:
         await _check_posted_feature(request, image.meta or {}, query)
     names = ("lon", "lat") if "lon" in path else ("minx", "miny", "maxx", "maxy")
     coordinates = [_number(path[k]) for k in names if k in path]
     if coordinates and None not in coordinates:
         check_coordinates(coordinates, geographic="coord_crs" not in query)
+        if len(coordinates) == 4:
+            check_box(*coordinates)
 
 
 async def _check_posted_feature(request: Request, meta: dict, query) -> None:

@@ -407,6 +407,10 @@ def test_posted_features_for_image_data(client, layer):
         empty = client.post(f"{root}/{route}", json={"type": "Feature", "geometry": with_empty})
         assert empty.status_code == 400, (route, empty.text)
         assert "empty MultiPolygon" in empty.json()["detail"]
+    point = {"type": "Point", "coordinates": [lon, lat]}
+    for route in ("feature", "statistics"):
+        flat = client.post(f"{root}/{route}", json={"type": "Feature", "geometry": point})
+        assert flat.status_code == 400 and "has no area" in flat.json()["detail"], flat.text
     nothing = {"type": "GeometryCollection", "geometries": []}
     empty = client.post(f"{root}/feature.png", json={"type": "Feature", "geometry": nothing})
     assert empty.status_code == 400 and "empty GeometryCollection" in empty.json()["detail"]
@@ -486,6 +490,14 @@ IMAGE_DATA_REFUSALS = {
     "bbox/0,0,0,0.png": "the box 0,0,0,0 is empty",
     "bbox/1,1,0,0.png": "minx < maxx",
     "bbox/0,0,1,1.png?max_size=0": "max_size=0 is too small",
+    "statistics?histogram_bins=0": "histogram_bins=0 must be a whole number of bins",
+    "statistics?histogram_bins=3,2,1": "bin edges must be finite and increasing",
+    "preview.png?algorithm=max&algorithm_params=null": "algorithm_params must be a JSON object",
+    # Unsized, these read at the image's resolution: gigabytes (a 622 GiB allocation was asked
+    # for), or minutes of warping for one padded tile.
+    "bbox/-10,-10,10,10.png": "at the image's resolution",
+    "tiles/WebMercatorQuad/0/0/0.png?padding=1": "padding reads tile 0/0/0",
+    "tiles/WorldCRS84Quad/0/0/0?padding=1": "padding reads tile 0/0/0",
 }
 
 
@@ -494,6 +506,25 @@ def test_image_data_parameters_that_cannot_be_served(client, rgb_image, path):
     response = client.get(f"/api/images/{rgb_image['id']}/{path}")
     assert response.status_code == 400, response.text
     assert IMAGE_DATA_REFUSALS[path] in response.json()["detail"]
+
+
+def test_reads_at_the_image_resolution_within_bounds_are_served(client, rgb_image):
+    """What the refusals above bound still works: a padded tile at the native zoom, a small box
+    without a size, histogram edges, algorithm parameters."""
+    import morecantile
+
+    root = f"/api/images/{rgb_image['id']}"
+    west, south, east, north = rgb_image["bounds_wgs84"]
+    z = rgb_image["maxzoom"]
+    tile = morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, z)
+    padded = client.get(f"{root}/tiles/WebMercatorQuad/{z}/{tile.x}/{tile.y}.png?padding=2")
+    assert padded.status_code == 200, padded.text
+    small = client.get(f"{root}/bbox/{west},{south},{east},{north}.png")
+    assert small.status_code == 200, small.text
+    edges = client.get(f"{root}/statistics?histogram_bins=0,64,128,255")
+    assert edges.status_code == 200, edges.text
+    params = client.get(f"{root}/preview.png?algorithm=hillshade&algorithm_params=%7B%7D&bidx=1")
+    assert params.status_code == 200, params.text
 
 
 def test_a_point_outside_the_image(client, rgb_image):

@@ -9,11 +9,14 @@ real training run per example would not fit the budget; tests/test_training.py c
 
 Bounded for CI: a fixed number of examples per operation, derandomized (the same cases on every
 run), no example database (it would write .hypothesis/ into the checkout).
+`TILEDETECT_FUZZ_EXAMPLES=N` raises the examples per operation (10 by default; the pixel-reading
+operations get 2/5 of it) for a long run: `python -m bench.fuzz_api`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +90,8 @@ schema = (
 HEAVY = r"/api/images/\{image_id\}/(feature|statistics|bbox|preview)"
 heavy = schema.include(path_regex=HEAVY)
 light = schema.exclude(path_regex=HEAVY)
+EXAMPLES = int(os.environ.get("TILEDETECT_FUZZ_EXAMPLES", "10"))
+HEAVY_EXAMPLES = max(1, EXAMPLES * 2 // 5)
 
 
 def bounded(examples: int):
@@ -112,13 +117,13 @@ def call_and_check(case, seeded) -> None:
 
 
 @light.parametrize()
-@bounded(10)
+@bounded(EXAMPLES)
 def test_no_server_errors(case, seeded):
     call_and_check(case, seeded)
 
 
 @heavy.parametrize()
-@bounded(4)
+@bounded(HEAVY_EXAMPLES)
 def test_no_server_errors_reading_pixels(case, seeded):
     call_and_check(case, seeded)
 

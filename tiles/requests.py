@@ -6,6 +6,7 @@ or a band 0 would otherwise fail deep inside numpy or GDAL (or exhaust memory) a
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 
@@ -44,6 +45,55 @@ def check_nodata(raw: str, dtype: str) -> None:
         raise InvalidTileRequestError(
             f"nodata={raw} cannot be a pixel value of this {dtype} image: use a number from "
             f"{info.min} to {info.max}"
+        )
+
+
+def check_histogram_bins(raw: str) -> None:
+    """A positive bin count, or at least two increasing bin edges (numpy.histogram's rules)."""
+    parts = raw.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        return  # titiler names a value that is not a number
+    if len(values) == 1:
+        if not (math.isfinite(values[0]) and values[0] >= 1 and values[0] == int(values[0])):
+            raise InvalidTileRequestError(
+                f"histogram_bins={raw} must be a whole number of bins, at least 1, or "
+                "comma-separated increasing bin edges"
+            )
+        return
+    increasing = all(b > a for a, b in zip(values, values[1:], strict=False))
+    if not (all(math.isfinite(v) for v in values) and increasing):
+        raise InvalidTileRequestError(
+            f"histogram_bins={raw}: bin edges must be finite and increasing"
+        )
+
+
+def check_algorithm_params(raw: str) -> None:
+    """titiler passes algorithm_params as keyword arguments: it must be a JSON object."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidTileRequestError(
+            f'algorithm_params must be a JSON object, e.g. {{"bands": 3}}, not {raw[:40]!r}'
+        )
+
+
+def check_read_extent(width_px: float, height_px: float, what: str, fix: str) -> None:
+    """What a read covers at the image's own resolution, where rio-tiler reads it whole."""
+    if not (math.isfinite(width_px) and math.isfinite(height_px)) or (
+        max(width_px, height_px) > MAX_OUTPUT_SIDE
+    ):
+        size = (
+            f"{width_px:.0f}x{height_px:.0f} px"
+            if math.isfinite(width_px) and math.isfinite(height_px)
+            else "an unbounded size"
+        )
+        raise InvalidTileRequestError(
+            f"{what} covers {size} at the image's resolution; reads at that resolution are at "
+            f"most {MAX_OUTPUT_SIDE} px per side: {fix}"
         )
 
 
@@ -153,10 +203,14 @@ def _has_position(value: object) -> bool:
     return any(_has_position(item) for item in value)
 
 
-def check_extent_px(width_px: float, height_px: float) -> None:
-    if max(width_px, height_px) > MAX_OUTPUT_SIDE:
+def check_extent_px(width_px: float, height_px: float, what: str = "the feature") -> None:
+    check_read_extent(width_px, height_px, what, "pass max_size (or width and height)")
+
+
+def check_has_area(bounds: tuple[float, float, float, float], what: str = "the feature") -> None:
+    """A point, or a line along one axis, has no pixels to read."""
+    if not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
         raise InvalidTileRequestError(
-            f"the feature covers {width_px:.0f}x{height_px:.0f} px at the image's resolution; "
-            f"outputs are at most {MAX_OUTPUT_SIDE} px per side: pass max_size (or width and "
-            "height)"
+            f"{what} has no area (a point, or a line along one axis): image data needs a "
+            "polygon or a box"
         )

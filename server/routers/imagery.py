@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path as FilePath
 from typing import Annotated
@@ -18,13 +19,17 @@ from titiler.extensions.wmts import wmtsExtension
 
 from server.dependencies import image_cog_path
 from tiles.requests import (
+    check_algorithm_params,
     check_band_indexes,
     check_box,
     check_coordinates,
     check_extent_px,
+    check_has_area,
+    check_histogram_bins,
     check_margin,
     check_nodata,
     check_output_side,
+    check_read_extent,
     check_tile_in_grid,
     feature_bounds,
 )
@@ -74,7 +79,7 @@ _MARGINS = ("buffer", "padding")
 
 
 async def bounded_request(request: Request) -> None:
-    """Every imagery route: refuse sizes, band indexes and coordinates that cannot be served,
+    """Every imagery route: refuse sizes, band indexes, values and extents that cannot be served,
     before titiler reads anything. Values that do not parse are left to titiler's validation."""
     query, path = request.query_params, request.path_params
     sides = {**{k: path[k] for k in ("width", "height") if k in path}}
@@ -88,45 +93,89 @@ async def bounded_request(request: Request) -> None:
         value = _number(query.get(name))
         if value is not None:
             check_margin(name, value, tilesize)
-    indexes = [int(v) for v in query.getlist("bidx") if v.lstrip("-").isdigit()]
-    posted = request.method == "POST" and "image_id" in path
-    nodata = query.get("nodata")
-    image = None
-    if (indexes or posted or nodata is not None) and "image_id" in path:
-        image = await run_in_threadpool(request.app.state.services.images.get, path["image_id"])
-    if indexes and image is not None:
-        check_band_indexes(indexes, (image.meta or {}).get("count", 0))
-    if nodata is not None and image is not None and (image.meta or {}).get("dtype"):
-        check_nodata(nodata, image.meta["dtype"])
-    if posted and image is not None:
-        await _check_posted_feature(request, image.meta or {}, query)
+    if "histogram_bins" in query:
+        check_histogram_bins(query["histogram_bins"])
+    if "algorithm_params" in query:
+        check_algorithm_params(query["algorithm_params"])
     names = ("lon", "lat") if "lon" in path else ("minx", "miny", "maxx", "maxy")
     coordinates = [_number(path[k]) for k in names if k in path]
+    box = None
     if coordinates and None not in coordinates:
         check_coordinates(coordinates, geographic="coord_crs" not in query)
         if len(coordinates) == 4:
             check_box(*coordinates)
+            box = tuple(coordinates)
+    if "image_id" not in path:
+        return
+    indexes = [int(v) for v in query.getlist("bidx") if v.lstrip("-").isdigit()]
+    posted = request.method == "POST"
+    padded = (_number(query.get("padding")) or 0) > 0 and "z" in path
+    unsized = box is not None and not any(k in sides for k in ("width", "height", "max_size"))
+    nodata = query.get("nodata")
+    if not (indexes or posted or padded or unsized or nodata is not None):
+        return
+    image = await run_in_threadpool(request.app.state.services.images.get, path["image_id"])
+    meta = image.meta or {}
+    if indexes:
+        check_band_indexes(indexes, meta.get("count", 0))
+    if nodata is not None and meta.get("dtype"):
+        check_nodata(nodata, meta["dtype"])
+    if posted:
+        await _check_posted_feature(request, meta, query)
+    if unsized:
+        extent = _native_px(box, query.get("coord_crs") or "EPSG:4326", meta)
+        if extent is not None:
+            check_extent_px(*extent, what=f"the box {','.join(path[k] for k in names)}")
+    if padded:
+        _check_padded_tile(path, meta)
+
+
+def _check_padded_tile(path, meta: dict) -> None:
+    """rio-tiler reads a padded tile at the image's own resolution (then resamples): at zooms
+    well above the image's that is millions of pixels per tile (minutes, gigabytes)."""
+    grid = _grid(path.get("tileMatrixSetId", ""))
+    z, x, y = (_number(path.get(k)) for k in ("z", "x", "y"))
+    if grid is None or None in (z, x, y):
+        return
+    try:
+        bounds = grid.xy_bounds(int(x), int(y), int(z))
+    except (ValueError, morecantile.errors.MorecantileError):  # zoom_in_grid names the address
+        return
+    extent = _native_px(tuple(bounds), grid.crs.to_wkt(), meta)
+    check_read_extent(
+        *(extent or (math.inf, math.inf)),
+        what=f"padding reads tile {int(z)}/{int(x)}/{int(y)} at the image's resolution: it",
+        fix="use padding at zooms nearer the image's native zoom, or leave it out",
+    )
+
+
+def _native_px(bounds, crs, meta: dict) -> tuple[float, float] | None:
+    """The size of `bounds` (in `crs`) in pixels of the image, or None when unknown."""
+    if not meta.get("crs_wkt") or not meta.get("resolution"):
+        return None
+    try:
+        west, south, east, north = transform_bounds(crs, meta["crs_wkt"], *bounds)
+    except (CRSError, ValueError):
+        return None  # titiler names an unknown coord_crs
+    res_x, res_y = meta["resolution"]
+    return (east - west) / res_x, (north - south) / res_y
 
 
 async def _check_posted_feature(request: Request, meta: dict, query) -> None:
-    """A posted feature's positions, and the size it reads at the image's resolution unless the
-    request bounds the output."""
+    """A posted feature's positions, its area, and the size it reads at the image's resolution
+    unless the request bounds the output."""
     try:
         geojson = await request.json()
     except ValueError:
         return  # titiler answers malformed JSON itself
     coord_crs = query.get("coord_crs")
     bounds = feature_bounds(geojson, geographic=coord_crs is None)
-    if any(k in query for k in ("max_size", "width", "height")) or not meta.get("crs_wkt"):
+    check_has_area(bounds)
+    if any(k in query for k in ("max_size", "width", "height")) or "width" in request.path_params:
         return
-    try:
-        west, south, east, north = transform_bounds(
-            coord_crs or "EPSG:4326", meta["crs_wkt"], *bounds
-        )
-    except (CRSError, ValueError):
-        return  # titiler names an unknown coord_crs
-    res_x, res_y = meta["resolution"]
-    check_extent_px((east - west) / res_x, (north - south) / res_y)
+    extent = _native_px(bounds, coord_crs or "EPSG:4326", meta)
+    if extent is not None:
+        check_extent_px(*extent)
 
 
 def _number(raw: str | None) -> float | None:

@@ -453,6 +453,7 @@ def test_tile_coordinates_outside_the_grid(client, layer):
             ("WebMercatorQuad/1/2/0.png", "x is 0 to 1"),
             ("WebMercatorQuad/3/0/8.png", "y is 0 to 7"),
             ("WGS1984Quad/0/2/0.png", "x is 0 to 1 and y is 0 to 0"),
+            ("LINZAntarticaMapTilegrid/91186/0/0.png?padding=1", "zoom levels 0 to 13"),
         ]:
             response = client.get(f"{root}/{path}")
             assert response.status_code == 404, (root, path, response.text)
@@ -493,6 +494,9 @@ IMAGE_DATA_REFUSALS = {
     "statistics?histogram_bins=0": "histogram_bins=0 must be a whole number of bins",
     "statistics?histogram_bins=3,2,1": "bin edges must be finite and increasing",
     "preview.png?algorithm=max&algorithm_params=null": "algorithm_params must be a JSON object",
+    "statistics?histogram_range=5,-5": "must be 'min,max' with finite min < max",
+    "tiles/EuropeanETRS89_LAEAQuad?maxzoom=1563": "maxzoom=1563 is out of range",
+    "tiles/WebMercatorQuad?minzoom=10&maxzoom=3": "minzoom=10 is above maxzoom=3",
     # Unsized, these read at the image's resolution: gigabytes (a 622 GiB allocation was asked
     # for), or minutes of warping for one padded tile.
     "bbox/-10,-10,10,10.png": "at the image's resolution",

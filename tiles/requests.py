@@ -69,6 +69,32 @@ def check_histogram_bins(raw: str) -> None:
         )
 
 
+def check_histogram_range(raw: str) -> None:
+    """`min,max`: two finite numbers, min below max (numpy.histogram's range)."""
+    try:
+        values = [float(p) for p in raw.split(",")]
+    except ValueError:
+        return  # titiler names a value that is not a number
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] >= values[1]:
+        raise InvalidTileRequestError(
+            f"histogram_range={raw[:60]!r} must be 'min,max' with finite min < max"
+        )
+
+
+def check_zoom_limits(tms: morecantile.TileMatrixSet, limits: dict[str, float]) -> None:
+    """minzoom / maxzoom asked of a tileset: zoom levels the grid has, in order."""
+    for name, value in limits.items():
+        if not tms.minzoom <= value <= tms.maxzoom:
+            raise InvalidTileRequestError(
+                f"{name}={value:g} is out of range: {tms.id} has zoom levels {tms.minzoom} to "
+                f"{tms.maxzoom}"
+            )
+    if "minzoom" in limits and "maxzoom" in limits and limits["minzoom"] > limits["maxzoom"]:
+        raise InvalidTileRequestError(
+            f"minzoom={limits['minzoom']:g} is above maxzoom={limits['maxzoom']:g}"
+        )
+
+
 def check_algorithm_params(raw: str) -> None:
     """titiler passes algorithm_params as keyword arguments: it must be a JSON object."""
     try:

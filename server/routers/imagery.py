@@ -26,11 +26,13 @@ from tiles.requests import (
     check_extent_px,
     check_has_area,
     check_histogram_bins,
+    check_histogram_range,
     check_margin,
     check_nodata,
     check_output_side,
     check_read_extent,
     check_tile_in_grid,
+    check_zoom_limits,
     feature_bounds,
 )
 
@@ -95,8 +97,14 @@ async def bounded_request(request: Request) -> None:
             check_margin(name, value, tilesize)
     if "histogram_bins" in query:
         check_histogram_bins(query["histogram_bins"])
+    if "histogram_range" in query:
+        check_histogram_range(query["histogram_range"])
     if "algorithm_params" in query:
         check_algorithm_params(query["algorithm_params"])
+    grid = _grid(path.get("tileMatrixSetId", ""))
+    limits = {k: _number(query[k]) for k in ("minzoom", "maxzoom") if k in query}
+    if grid is not None and limits and None not in limits.values():
+        check_zoom_limits(grid, limits)  # type: ignore[arg-type]
     names = ("lon", "lat") if "lon" in path else ("minx", "miny", "maxx", "maxy")
     coordinates = [_number(path[k]) for k in names if k in path]
     box = None
@@ -135,12 +143,12 @@ def _check_padded_tile(path, meta: dict) -> None:
     well above the image's that is millions of pixels per tile (minutes, gigabytes)."""
     grid = _grid(path.get("tileMatrixSetId", ""))
     z, x, y = (_number(path.get(k)) for k in ("z", "x", "y"))
-    if grid is None or None in (z, x, y):
-        return
+    if grid is None or None in (z, x, y) or not grid.minzoom <= z <= grid.maxzoom:
+        return  # zoom_in_grid names the zoom levels the grid has
     try:
         bounds = grid.xy_bounds(int(x), int(y), int(z))
-    except (ValueError, morecantile.errors.MorecantileError):  # zoom_in_grid names the address
-        return
+    except (ValueError, OverflowError, morecantile.errors.MorecantileError):
+        return  # zoom_in_grid names the address
     extent = _native_px(tuple(bounds), grid.crs.to_wkt(), meta)
     check_read_extent(
         *(extent or (math.inf, math.inf)),

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             kept.write_bytes(result["report"].read_bytes())
         if result["failures"] or result["errors"]:
             log = result["log"]
-            first = min((i for i in (log.find("ERRORS"), log.find("FAILURES")) if i >= 0), default=0)
+            found = [i for i in (log.find("ERRORS"), log.find("FAILURES")) if i >= 0]
+            first = min(found, default=0)
             print(log[max(first - 40, 0) :][:12000], file=sys.stderr)
     figures = {
         "cases": result["cases"],

@@ -632,7 +632,7 @@ app.add_typer(experiments_app, name="experiments")
 @experiments_app.command("run")
 def experiments_run(
     suite: Annotated[
-        str, typer.Option(help="default, synthetic, real, all, quick, or one dataset's name.")
+        str, typer.Option(help="default, synthetic, real, neon, all, quick, or one dataset's name.")
     ] = "default",
     seconds: Annotated[
         float | None, typer.Option(help="Training budget per run (default: the trainer's).")

@@ -37,8 +37,14 @@ class ImageCatalog:
         self._lock = threading.Lock()
 
     def create_processing(
-        self, name: str, source_bytes: int | None, project: str = DEFAULT_PROJECT
+        self,
+        name: str,
+        source_bytes: int | None,
+        project: str = DEFAULT_PROJECT,
+        job: JobRecord | None = None,
     ) -> ImageRecord:
+        """A new image being ingested; with `job` (its ingest job), both are stored in one
+        transaction, so a failure (the database unavailable) leaves neither."""
         image_id = new_id()
         record = ImageRecord(
             id=image_id,
@@ -50,6 +56,10 @@ class ImageCatalog:
         )
         with self.db.transaction() as session:
             session.add(record)
+            if job is not None:
+                session.flush()  # the job refers to the image
+                job.image_id = image_id
+                session.add(job)
         return record
 
     def mark_ready(self, image_id: str, metadata: ImageMetadata, cog_bytes: int) -> ImageRecord:

@@ -10,11 +10,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from catalog.db import OUTAGE_WAIT_S, SkipWhileUnavailable, retry_unavailable
 from catalog.errors import failure_reason
 from catalog.images import ImageCatalog
-from catalog.jobs import TRAIN_JOB, JobStore
-from catalog.models import DEFAULT_PROJECT, ImageRecord
+from catalog.jobs import TRAIN_JOB, JobStore, new_job
+from catalog.models import DEFAULT_PROJECT, ImageRecord, JobRecord
 from catalog.names import check_name
 from catalog.owners import owner_is_gone, process_owner
 from tiles.cog import write_cog
@@ -23,6 +25,8 @@ from tiles.source import SourceInfo, SourceLimits, inspect_source
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 INGEST_JOB = "ingest"
 # Conversion is most of the work; describing the COG and committing it take the rest.
 _CONVERSION_SHARE = 0.9
@@ -30,20 +34,33 @@ _CONVERSION_SHARE = 0.9
 
 @dataclass(frozen=True)
 class IngestTicket:
-    image_id: str
-    job_id: str
+    image: ImageRecord  # as submitted: processing, its job queued
+    job: JobRecord
     source: Path
     info: SourceInfo
     remove_source: bool  # uploads are ours to delete; a CLI user's file is not
 
+    @property
+    def image_id(self) -> str:
+        return self.image.id
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
 
 class Ingestor:
     def __init__(
-        self, images: ImageCatalog, jobs: JobStore, limits: SourceLimits = SourceLimits()
+        self,
+        images: ImageCatalog,
+        jobs: JobStore,
+        limits: SourceLimits = SourceLimits(),
+        database_wait_s: float = OUTAGE_WAIT_S,
     ) -> None:
         self.images = images
         self.jobs = jobs
         self.limits = limits
+        self.database_wait_s = database_wait_s  # how long an outcome waits for the database
 
     def submit(
         self,
@@ -53,59 +70,74 @@ class Ingestor:
         remove_source: bool = False,
         project: str = DEFAULT_PROJECT,
     ) -> IngestTicket:
-        """Validate and create the records. Raises InvalidImageError, storing nothing."""
+        """Validate and create the records. Raises InvalidImageError (or the database's error
+        when it is unavailable), storing nothing."""
         source = Path(source)
         try:
             name = check_name(name, "image name")
             info = inspect_source(source, self.limits)
+            job = new_job(INGEST_JOB, message=f"queued: {name}", project=project)
+            image = self.images.create_processing(name, source.stat().st_size, project, job)
         except Exception:
             if remove_source:
-                source.unlink(missing_ok=True)
+                source.unlink(missing_ok=True)  # refused or not recorded: nothing is kept
             raise
-        image = self.images.create_processing(name, source.stat().st_size, project)
-        job = self.jobs.create(
-            INGEST_JOB, image_id=image.id, message=f"queued: {name}", project=project
-        )
-        return IngestTicket(image.id, job.id, source, info, remove_source)
+        return IngestTicket(image, job, source, info, remove_source)
 
     def run(
         self, ticket: IngestTicket, progress: Callable[[float], None] | None = None
     ) -> ImageRecord:
-        """Convert and publish. On any failure the image is discarded and the job says why."""
+        """Convert and publish. On any failure the image is discarded and the job says why.
+        While the database is unavailable progress goes unrecorded and the outcome waits."""
+        skip = SkipWhileUnavailable(f"progress of ingest job {ticket.job_id}")
         job_progress = self.jobs.throttled_progress(ticket.job_id)
 
         def report(fraction: float) -> None:
-            job_progress(fraction)
+            skip(job_progress, fraction)
             if progress:
                 progress(fraction)
 
-        record = self.images.get(ticket.image_id)
-        assert record.cog_key
-        staging = self.images.blobs.staging_path(record.cog_key)
+        image_id, cog_key = ticket.image_id, ticket.image.cog_key
+        assert cog_key
+        staging = self.images.blobs.staging_path(cog_key)
         try:
-            self.jobs.start(ticket.job_id, message="writing Cloud-Optimized GeoTIFF")
+            skip(self.jobs.start, ticket.job_id, "writing Cloud-Optimized GeoTIFF")
             write_cog(
                 ticket.source,
                 staging,
                 ticket.info,
                 progress=lambda f: report(_CONVERSION_SHARE * f),
             )
-            self.jobs.progress(ticket.job_id, _CONVERSION_SHARE, "computing statistics")
+            skip(self.jobs.progress, ticket.job_id, _CONVERSION_SHARE, "computing statistics")
             metadata = describe_cog(staging)
-            cog_bytes = self.images.blobs.commit(staging, record.cog_key)
-            ready = self.images.mark_ready(ticket.image_id, metadata, cog_bytes)
-            self.jobs.succeed(ticket.job_id, {"image_id": ticket.image_id})
+            cog_bytes = self.images.blobs.commit(staging, cog_key)
+            ready = self._waiting(
+                ticket, lambda: self.images.mark_ready(image_id, metadata, cog_bytes)
+            )
+            self._waiting(ticket, lambda: self.jobs.succeed(ticket.job_id, {"image_id": image_id}))
             report(1.0)
             return ready
         except BaseException as exc:
             staging.unlink(missing_ok=True)
-            self.images.discard(ticket.image_id)
-            self.jobs.fail(ticket.job_id, f"ingest failed: {failure_reason(exc, staging)}")
-            log.warning("ingest of image %s failed: %s", ticket.image_id, exc)
+            log.warning("ingest of image %s failed: %s", image_id, exc)
+            self._record_failure(ticket, f"ingest failed: {failure_reason(exc, staging)}")
             raise
         finally:
             if ticket.remove_source:
                 ticket.source.unlink(missing_ok=True)
+
+    def _waiting(self, ticket: IngestTicket, write: Callable[[], T]) -> T:
+        """An outcome's write, waiting for the database if it is unavailable."""
+        return retry_unavailable(write, f"ingest job {ticket.job_id}", self.database_wait_s)
+
+    def _record_failure(self, ticket: IngestTicket, error: str) -> None:
+        """Discard the image and fail the job, waiting for the database if it is unavailable:
+        the job must not stay running (if the database never returns, a restart fails it)."""
+        try:
+            self._waiting(ticket, lambda: self.images.discard(ticket.image_id))
+            self._waiting(ticket, lambda: self.jobs.fail(ticket.job_id, error))
+        except Exception:
+            log.exception("the failure of ingest job %s could not be recorded", ticket.job_id)
 
 
 INTERRUPTED = {

@@ -19,6 +19,25 @@ TRAIN_JOB = "train"  # kinds judged here; ingest's is catalog.ingest.INGEST_JOB
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+def new_job(
+    kind: str,
+    *,
+    image_id: str | None = None,
+    detector_id: str | None = None,
+    message: str = "",
+    project: str = DEFAULT_PROJECT,
+) -> JobRecord:
+    """A job record, not stored yet: JobStore.create stores one alone, an ingest with its image."""
+    return JobRecord(
+        kind=kind,
+        project_id=project,
+        image_id=image_id,
+        detector_id=detector_id,
+        message=message,
+        owner=process_owner(),
+    )
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -32,13 +51,8 @@ class JobStore:
         message: str = "",
         project: str = DEFAULT_PROJECT,
     ) -> JobRecord:
-        record = JobRecord(
-            kind=kind,
-            project_id=project,
-            image_id=image_id,
-            detector_id=detector_id,
-            message=message,
-            owner=process_owner(),
+        record = new_job(
+            kind, image_id=image_id, detector_id=detector_id, message=message, project=project
         )
         with self.db.transaction() as session:
             session.add(record)

@@ -12,9 +12,11 @@ from fastapi.responses import JSONResponse
 from morecantile.errors import InvalidZoomError, TileArgParsingError
 from rasterio.errors import RasterioIOError
 from rio_tiler.errors import InvalidBufferSize, PointOutsideBounds
+from sqlalchemy.exc import DBAPIError
 from starlette import status
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 
+from catalog.db import is_unavailable, unavailable_reason
 from catalog.errors import (
     AuthenticationError,
     ConflictError,
@@ -60,6 +62,10 @@ STATUS_CODES: dict[type[Exception], int] = {
 }
 
 
+# Seconds a client is asked to wait after a 503: a database restart usually takes a few.
+RETRY_AFTER_S = 5
+
+
 def install_error_handlers(app: FastAPI) -> None:
     add_exception_handlers(app, STATUS_CODES)
 
@@ -95,6 +101,20 @@ def install_error_handlers(app: FastAPI) -> None:
                 "damaged: delete the image and ingest it again"
             },
             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_request, exc: DBAPIError):
+        if not is_unavailable(exc):
+            raise exc  # a fault, not an outage: a 500 as before
+        # The outage rolled back the request's transaction, or it never began.
+        return JSONResponse(
+            {
+                "detail": f"the catalogue database is unavailable ({unavailable_reason(exc)}): "
+                "nothing was changed; retry in a few seconds"
+            },
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
     @app.exception_handler(UploadError)

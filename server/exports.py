@@ -12,17 +12,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC
+from typing import TypeVar
 
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from catalog.blobstore import BlobStore, gdal_options_for_path
+from catalog.db import SkipWhileUnavailable, is_unavailable, retry_unavailable, unavailable_reason
 from catalog.errors import failure_reason
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
 from catalog.owners import process_owner
 from catalog.projects import owner
+from export.cell_task import CellJob
 from export.cluster import connect
 from export.run import (
     ExportInputError,
@@ -39,6 +42,8 @@ from server.detection_layers import DetectionLayers
 from server.settings import Settings
 
 log = logging.getLogger("tiledetect.exports")
+
+T = TypeVar("T")
 
 LAYER_SOURCE = "objects.gpkg"  # every finished export also keeps this, for low-zoom tiles
 
@@ -100,7 +105,7 @@ class ExportService:
             aoi=aoi,
         )
         self._launch(record.id)
-        return self.store.get(record.id)
+        return record  # as stored: a second read that a database outage failed would hide it
 
     def cancel(self, export_id: str, project: str | None = None) -> ExportRecord:
         """Stop an export, whichever server process drives it: the driver's sweep sees the
@@ -200,20 +205,29 @@ class ExportService:
                 adopted = self.resume_unfinished(startup=False)
                 if adopted:
                     log.warning("adopted %d orphaned export(s): %s", len(adopted), adopted)
-            except Exception:  # the database may be briefly unreachable; try again next period
-                log.exception("renewing export leases failed")
+            except Exception as exc:  # the database may be briefly away; try next period
+                if is_unavailable(exc):
+                    log.warning("renewing export leases failed: %s", unavailable_reason(exc))
+                else:
+                    log.exception("renewing export leases failed")
 
     def _cancel_requested(self, export_id: str) -> Callable[[], bool]:
         """The sweep's cancellation test: asked here, asked in the database through another
         process (read at most once a second), or this process is stopping."""
         last = {"time": 0.0, "asked": False}
+        # While the database is unavailable no other process can ask either: the last answer holds.
+        skip = SkipWhileUnavailable(f"cancellation checks of export {export_id}")
+
+        def read() -> None:
+            last["asked"] = bool(self.store.get(export_id).cancel_requested)
 
         def asked() -> bool:
             if export_id in self._cancel or self._stopping.is_set():
                 return True
             now = time.monotonic()
             if now - last["time"] >= 1.0:
-                last.update(time=now, asked=bool(self.store.get(export_id).cancel_requested))
+                last["time"] = now
+                skip(read)
             return last["asked"]
 
         return asked
@@ -234,17 +248,33 @@ class ExportService:
             if self._stopping.is_set():
                 return  # torn down mid-sweep: stays unfinished, adopted by the next process
             self._remove_outputs(export_id)  # a failed export lists no file; its cells stay
-            self.store.finish(
-                export_id,
-                ExportState.FAILED,
-                error=f"{type(exc).__name__}: {failure_reason(exc, self._writing_dir(export_id))}",
-            )
+            error = f"{type(exc).__name__}: {failure_reason(exc, self._writing_dir(export_id))}"
+            try:
+                self._waiting(
+                    export_id, lambda: self.store.finish(export_id, ExportState.FAILED, error=error)
+                )
+            except Exception:  # the database never came back: adopted by the next process
+                log.exception("the failure of export %s could not be recorded", export_id)
         finally:
             with self._lock:
                 self._threads.pop(export_id, None)
                 self._cancel.discard(export_id)
 
     def _sweep(self, export_id: str) -> None:
+        # Planning reads and marks the record, so it waits for an unavailable database; the cells
+        # then run without it (progress skipped) and the result waits for it again.
+        record, source, jobs = self._waiting(export_id, lambda: self._plan(export_id))
+        progress = _ProgressWriter(self.store, export_id, time.monotonic())
+        output = FORMATS[record.format]
+        out_key = f"{export_prefix(export_id)}/result{output.extension}"
+        staging = self.blobs.staging_path(out_key)  # merged locally, then published
+        try:
+            self._export(record, source, jobs, output, staging, out_key, progress)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def _plan(self, export_id: str) -> tuple[ExportRecord, ExportSource, list[CellJob]]:
+        """The export's source and cells; its record marked running."""
         record = self.store.get(export_id)
         layer = self.layers.layer(record.detector_id, record.image_id, record.version_number)
         image = self.images.get(record.image_id)
@@ -268,21 +298,13 @@ class ExportService:
             self.settings.export_cell_px,
             gdal_options=self.blobs.gdal_options() | gdal_options_for_path(layer.cog_path),
         )
-        started = time.monotonic()
         self.store.update(
             export_id,
             state=ExportState.RUNNING,
             cells_total=len(jobs),
             started_at=record.started_at or utcnow(),
         )
-        progress = _ProgressWriter(self.store, export_id, started)
-        output = FORMATS[record.format]
-        out_key = f"{prefix}/result{output.extension}"
-        staging = self.blobs.staging_path(out_key)  # merged locally, then published
-        try:
-            self._export(record, source, jobs, output, staging, out_key, progress)
-        finally:
-            staging.unlink(missing_ok=True)
+        return record, source, jobs
 
     def _export(self, record, source, jobs, output, staging, out_key, progress) -> None:
         export_id, prefix = record.id, export_prefix(record.id)
@@ -302,13 +324,15 @@ class ExportService:
             on_progress=progress,
             cancelled=self._cancel_requested(export_id),
         )
+        # From here on the sweep's outcome is recorded: each write waits for the database.
+        current = self._waiting(export_id, lambda: self.store.get(export_id))
         if outcome.state == "cancelled":
-            asked = export_id in self._cancel or self.store.get(export_id).cancel_requested
+            asked = export_id in self._cancel or current.cancel_requested
             if self._stopping.is_set() and not asked:
                 return  # server shutting down: stays `running`, resumed on the next start
-            self.store.finish(export_id, ExportState.CANCELLED)
+            self._waiting(export_id, lambda: self.store.finish(export_id, ExportState.CANCELLED))
             return
-        if self.store.get(export_id).owner != process_owner():
+        if current.owner != process_owner():
             log.warning("export %s was taken over by another process; not publishing", export_id)
             return
         result_bytes = self.blobs.commit(staging, out_key)
@@ -322,20 +346,30 @@ class ExportService:
                 layer_staging.unlink(missing_ok=True)
         elif record.aoi is None:
             self.blobs.copy(out_key, layer_key)
-        published = self.store.finish(
+        published = self._waiting(
             export_id,
-            ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
-            summary=outcome.summary,
-            objects=outcome.summary.get("objects", 0),
-            failures=outcome.sweep.failed or None,
-            cells_done=len(outcome.sweep.done),
-            cells_failed=len(outcome.sweep.failed),
-            result_key=out_key,
-            result_bytes=result_bytes,
-            eta_seconds=0.0,
+            lambda: self.store.finish(
+                export_id,
+                ExportState.PARTIAL if outcome.state == "partial" else ExportState.DONE,
+                summary=outcome.summary,
+                objects=outcome.summary.get("objects", 0),
+                failures=outcome.sweep.failed or None,
+                cells_done=len(outcome.sweep.done),
+                cells_failed=len(outcome.sweep.failed),
+                result_key=out_key,
+                result_bytes=result_bytes,
+                eta_seconds=0.0,
+            ),
         )
         if not published:
             log.warning("export %s ended elsewhere while it was merged here", export_id)
+
+    def _waiting(self, export_id: str, call: Callable[[], T]) -> T:
+        """`call()`, waiting for the database if it is unavailable (not past this process's end:
+        an unfinished export is adopted by the next one)."""
+        return retry_unavailable(
+            call, f"export {export_id}", self.settings.database_wait_s, self._stopping
+        )
 
     def _writing_dir(self, export_id: str):
         """The local folder this export's files are written in (its free space tells a full disk
@@ -372,6 +406,7 @@ class _ProgressWriter:
         self.started = started
         self.first_done: int | None = None
         self.last = 0.0
+        self.skip = SkipWhileUnavailable(f"progress of export {export_id}")
 
     def __call__(self, state: SweepState) -> None:
         now = time.monotonic()
@@ -384,7 +419,8 @@ class _ProgressWriter:
         fresh = done - self.first_done
         remaining = state.total - done - len(state.failed)
         eta = (now - self.started) / fresh * remaining if fresh else None
-        self.store.update(
+        self.skip(
+            self.store.update,
             self.export_id,
             cells_done=done,
             cells_failed=len(state.failed),

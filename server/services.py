@@ -80,7 +80,7 @@ def build_services(settings: Settings) -> Services:
         max_pixels=settings.max_image_pixels,
         max_expansion=settings.max_image_expansion,
     )
-    ingestor = Ingestor(images, jobs, limits)
+    ingestor = Ingestor(images, jobs, limits, settings.database_wait_s)
     detectors = DetectorCatalog(db, blobs)
     engine = DetectionEngine(
         ProbabilityCache(settings.detection_cache_dir, settings.detection_cache_bytes),

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from catalog.db import OUTAGE_WAIT_S
+
 # static/ sits beside the packages in a checkout; an installed copy (Docker) names its own.
 _CHECKOUT_STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -41,6 +43,12 @@ class Settings(BaseSettings):
     )
     max_json_bytes: int = Field(
         32 * 1024**2, ge=1024, description="Largest JSON request body (annotations, exports)."
+    )
+    database_wait_s: float = Field(
+        OUTAGE_WAIT_S,
+        ge=0,
+        description="How long background work waits for an unreachable database to record its "
+        "result (an ingested image, a trained version, an export) before giving up.",
     )
     ingest_workers: int = Field(1, ge=1, description="Concurrent background ingests.")
     tile_cache_seconds: int = Field(

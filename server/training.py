@@ -7,12 +7,14 @@ import logging
 import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from distributed import KilledWorker
 
 from catalog.annotations import AnnotationStore
 from catalog.blobstore import BlobStore, gdal_options_for_path, open_blob_store
+from catalog.db import SkipWhileUnavailable, retry_unavailable
 from catalog.detectors import DetectorCatalog
 from catalog.errors import JobNotFoundError, failure_reason
 from catalog.images import ImageCatalog
@@ -30,6 +32,8 @@ from trainer.job import TrainingTask, read_attempts, read_progress, run_training
 from trainer.train import TrainingRequest
 
 log = logging.getLogger("tiledetect.training")
+
+T = TypeVar("T")
 
 TRAINING_PREFIX = "training"  # blob-store folders of trainings in flight, one per job
 
@@ -207,7 +211,7 @@ class TrainingService:
         )
         self._threads[job.id] = thread
         thread.start()
-        return self.jobs.get(job.id)
+        return job  # as stored: a second read that a database outage failed would hide the job
 
     def _run(self, job_id: str, detector_id: str, task: TrainingTask, revision: int) -> None:
         work = open_blob_store(
@@ -219,8 +223,10 @@ class TrainingService:
         # trainings write on their worker).
         written = work.local_root() if work.is_local else self.settings.staging_dir
         attempts: list[dict] = []
+        # Progress may be lost to a database outage; the result may not (_publish).
+        skip = SkipWhileUnavailable(f"progress of training {job_id}")
         try:
-            self.jobs.start(job_id, "waiting for a worker")
+            skip(self.jobs.start, job_id, "waiting for a worker")
             client = self.exports.client()
             future = client.submit(
                 run_training,
@@ -240,9 +246,10 @@ class TrainingService:
                     if len(attempts) > 1:
                         message += f" · on {_worker(attempts[-1])}, try {len(attempts)}"
                     details = {**progress, "attempts": attempts}
-                    self.jobs.report(job_id, progress["fraction"] * 0.9, message, details)
+                    skip(self.jobs.report, job_id, progress["fraction"] * 0.9, message, details)
                 elif len(attempts) > 1:
-                    self.jobs.report(
+                    skip(
+                        self.jobs.report,
                         job_id,
                         0.0,
                         f"worker {_worker(attempts[-2])} was lost; restarting on "
@@ -263,12 +270,40 @@ class TrainingService:
             report["annotation_revision"] = revision
             report["attempts"] = len(attempts) or 1
             write_report(work, report)
-            self.jobs.report(job_id, 0.95, "publishing the new version", read_progress(work) or {})
-            model = work.local_path("model.onnx")  # a download when the store is remote
-            version = self.detectors.add_version(
+            skip(
+                self.jobs.report,
+                job_id,
+                0.95,
+                "publishing the new version",
+                read_progress(work) or {},
+            )
+            self._publish(job_id, detector_id, work, report, revision, attempts)
+        except Exception as exc:  # the job must end in a truthful state, whatever happened
+            log.exception("training %s failed", job_id)
+            self._record_failure(job_id, f"{type(exc).__name__}: {failure_reason(exc, written)}")
+        finally:
+            self.blobs.delete_prefix(f"{TRAINING_PREFIX}/{job_id}")  # and its local copies
+            self._threads.pop(job_id, None)
+
+    def _publish(
+        self,
+        job_id: str,
+        detector_id: str,
+        work: BlobStore,
+        report: dict,
+        revision: int,
+        attempts: list[dict],
+    ) -> None:
+        """Record the trained model as the detector's next version, then the job's success;
+        both wait for the database if it is unavailable, so a finished training is not lost."""
+        model = work.local_path("model.onnx")  # a download when the store is remote
+        spec = load_detector(model).spec
+        version = self._waiting(
+            job_id,
+            lambda: self.detectors.add_version(
                 detector_id,
                 model,
-                load_detector(model).spec,
+                spec,
                 metrics=report.get("metrics"),
                 source="train",
                 attachments={
@@ -276,26 +311,29 @@ class TrainingService:
                     "predictions.geojson": work.local_path("predictions.geojson"),
                 },
                 annotation_revision=revision,
-            )
-            self.layers.forget([])  # the latest version changed: serve it at once
-            self.jobs.succeed(
-                job_id,
-                {
-                    "detector_id": detector_id,
-                    "version": version.number,
-                    "annotation_revision": revision,
-                    "attempts": attempts,
-                    "metrics": report.get("metrics"),
-                    "report": {k: v for k, v in report.items() if k != "metrics"},
-                },
-                message=f"version {version.number} published",
-            )
-        except Exception as exc:  # the job must end in a truthful state, whatever happened
-            log.exception("training %s failed", job_id)
-            self.jobs.fail(job_id, f"{type(exc).__name__}: {failure_reason(exc, written)}")
-        finally:
-            self.blobs.delete_prefix(f"{TRAINING_PREFIX}/{job_id}")  # and its local copies
-            self._threads.pop(job_id, None)
+            ),
+        )
+        self.layers.forget([])  # the latest version changed: serve it at once
+        result = {
+            "detector_id": detector_id,
+            "version": version.number,
+            "annotation_revision": revision,
+            "attempts": attempts,
+            "metrics": report.get("metrics"),
+            "report": {k: v for k, v in report.items() if k != "metrics"},
+        }
+        done = f"version {version.number} published"
+        self._waiting(job_id, lambda: self.jobs.succeed(job_id, result, message=done))
+
+    def _waiting(self, job_id: str, write: Callable[[], T]) -> T:
+        """A training's outcome written, waiting for the database if it is unavailable."""
+        return retry_unavailable(write, f"training {job_id}", self.settings.database_wait_s)
+
+    def _record_failure(self, job_id: str, error: str) -> None:
+        try:
+            self._waiting(job_id, lambda: self.jobs.fail(job_id, error))
+        except Exception:  # the database never came back: a restart fails the job
+            log.exception("the failure of training %s could not be recorded", job_id)
 
     def remove_orphan_work(self) -> list[str]:
         """At startup, after interrupted jobs were failed: delete training folders whose job is

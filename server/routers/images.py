@@ -52,9 +52,11 @@ async def upload_image(
         )
     )
     request.app.state.runner.submit(services.ingestor.run, ticket)
-    image = services.images.get(ticket.image_id)
-    job = services.jobs.get(ticket.job_id)
-    return IngestAccepted(image=ImageOut.of(image, str(request.base_url)), job=JobOut.of(job))
+    # The records as stored: no second read that a database outage could turn into a 503 for
+    # an upload already accepted.
+    return IngestAccepted(
+        image=ImageOut.of(ticket.image, str(request.base_url)), job=JobOut.of(ticket.job)
+    )
 
 
 @router.post(

@@ -134,16 +134,15 @@ async def bounded_request(request: Request) -> None:
         extent = _native_px(box, query.get("coord_crs") or "EPSG:4326", meta)
         if extent is not None:
             check_extent_px(*extent, what=f"the box {','.join(path[k] for k in names)}")
-    if padded:
-        _check_padded_tile(path, meta)
+    if padded and grid is not None:
+        _check_padded_tile(grid, path, meta)
 
 
-def _check_padded_tile(path, meta: dict) -> None:
+def _check_padded_tile(grid: morecantile.TileMatrixSet, path, meta: dict) -> None:
     """rio-tiler reads a padded tile at the image's own resolution (then resamples): at zooms
     well above the image's that is millions of pixels per tile (minutes, gigabytes)."""
-    grid = _grid(path.get("tileMatrixSetId", ""))
     z, x, y = (_number(path.get(k)) for k in ("z", "x", "y"))
-    if grid is None or None in (z, x, y) or not grid.minzoom <= z <= grid.maxzoom:
+    if None in (z, x, y) or not grid.minzoom <= z <= grid.maxzoom:
         return  # zoom_in_grid names the zoom levels the grid has
     try:
         bounds = grid.xy_bounds(int(x), int(y), int(z))

@@ -530,6 +530,8 @@ def train(
     except (AnnotationError, ValueError, TileDetectError) as exc:
         console.print(f"[red]{exc}")
         raise typer.Exit(code=1) from exc
+    for warning in parsed.warnings:
+        console.print(f"[yellow]warning: {warning.message}")
     request = TrainingRequest(
         name=name or image.stem,
         class_names=tuple(names),

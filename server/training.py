@@ -3,6 +3,7 @@ and publish each finished training as a new version that the detection layers se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -101,7 +102,13 @@ class TrainingService:
             for name, count in labelled.counts().items():
                 counts[name] = counts.get(name, 0) + count
         record = self.annotations.put(detector_id, collection, counts)
-        return {"revision": record.revision, "counts": counts, "images": sorted(parsed)}
+        warnings = [w.as_dict() for labelled in parsed.values() for w in labelled.warnings]
+        return {
+            "revision": record.revision,
+            "counts": counts,
+            "images": sorted(parsed),
+            "warnings": sorted(warnings, key=lambda w: w["feature"]),
+        }
 
     def get_annotations(self, detector_id: str, project: str | None = None) -> dict:
         self.detectors.get(detector_id, project)
@@ -153,11 +160,16 @@ class TrainingService:
                 )
             except AnnotationError as exc:
                 raise _renumbered(exc, indexes) from exc
+            parsed[image_id] = _warnings_renumbered(parsed[image_id], indexes)
         if require_labels:
             if not any(a.training for a in parsed.values()):
                 raise AnnotationError("there is no training area: draw one and label inside it")
             if not any(a.labels for a in parsed.values()):
                 raise AnnotationError("there are no labels: outline some objects to learn from")
+            if not any(a.used_labels() for a in parsed.values()):
+                raise AnnotationError(
+                    "no label lies in a training area: draw a training area round labelled objects"
+                )
         return parsed
 
     # Training ----------------------------------------------------------------------------------
@@ -359,6 +371,19 @@ def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
         return exc
     message = str(exc).replace(f"feature {index}", f"feature {indexes[index]}", 1)
     return AnnotationError(message, indexes[index])
+
+
+def _warnings_renumbered(annotations: Annotations, indexes: list[int]) -> Annotations:
+    """An image's warnings, their feature numbers those of the whole collection."""
+    warnings = tuple(
+        dataclasses.replace(
+            w,
+            index=indexes[w.index],
+            message=w.message.replace(f"feature {w.index}", f"feature {indexes[w.index]}", 1),
+        )
+        for w in annotations.warnings
+    )
+    return dataclasses.replace(annotations, warnings=warnings)
 
 
 class TrainingLostError(RuntimeError):

@@ -200,13 +200,9 @@ def huge_ring() -> dict:
 
 
 REFUSALS = {
-    "label outside every area": (
-        feature(Point(X0 + 100, Y0 + 250), **TREE_CLASS),
-        "lies in no training_area or accuracy_area",
-    ),
-    "label only in a testing area": (
-        feature(Point(X0 + 350, Y0 + 200), **TREE_CLASS),
-        "only in a testing_area",
+    "label outside the image": (
+        feature(local_box(600, 0, 610, 10), **TREE_CLASS),
+        "label lies outside the image",
     ),
     "area outside the image": (
         feature(local_box(600, 0, 700, 100), role="training_area"),
@@ -285,6 +281,79 @@ def test_the_first_bad_feature_is_named():
     with pytest.raises(AnnotationError) as caught:
         parse(collection(*scene()[:3], bad, feature(bowtie(), **TREE_CLASS), bad))
     assert caught.value.feature_index == 3
+
+
+# --- forgiven, with a warning that names the feature ----------------------------------------
+
+FORGIVEN = {
+    "label outside every area": (
+        feature(Point(X0 + 100, Y0 + 250), **TREE_CLASS),
+        "outside_areas",
+        "lies in no training_area or accuracy_area: it is kept but not used",
+    ),
+    "label only in a testing area": (
+        feature(Point(X0 + 350, Y0 + 200), **TREE_CLASS),
+        "in_testing_area",
+        "lies in a testing_area, which is not labelled",
+    ),
+    "label straddling the training area's top edge, centre inside": (
+        feature(local_box(20, 140, 40, 156), "edge", **TREE_CLASS),
+        "straddles_area",
+        "extends past the edge of training_area feature 0: the part outside is not used",
+    ),
+    "label straddling the training area's top edge, centre outside": (
+        feature(local_box(60, 146, 80, 170), **TREE_CLASS),
+        "straddles_area",
+        "extends past the edge of training_area feature 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("extra, problem, expected", FORGIVEN.values(), ids=FORGIVEN.keys())
+def test_labels_not_used_whole_are_kept_with_a_warning(extra, problem, expected):
+    annotations = parse(with_feature(extra), image_id="img-1")
+    assert [label.index for label in annotations.labels][-1] == 7
+    (warning,) = annotations.warnings
+    assert (warning.index, warning.problem) == (7, problem)
+    assert warning.message.startswith("feature 7")
+    assert expected in warning.message
+
+
+def test_a_straddling_label_trains_with_the_part_inside():
+    """Its centre 1 m outside the training area, a label still teaches "object" inside it:
+    today's user error (a box drawn a little past the edge) must not become background."""
+    straddling = feature(local_box(60, 146, 80, 170), **TREE_CLASS)
+    annotations = parse(with_feature(straddling))
+    (training,) = annotations.training
+    assert 7 in [label.index for label in annotations.labels_in(training)]
+    assert annotations.used_labels() == 3
+
+
+def test_a_label_owned_by_an_accuracy_area_never_trains():
+    # Centre in the accuracy area, its west side over the training area.
+    scored = feature(local_box(195, 60, 215, 80), **TREE_CLASS)
+    annotations = parse(with_feature(scored))
+    (training,), (accuracy,) = annotations.training, annotations.accuracy
+    assert 7 not in [label.index for label in annotations.labels_in(training)]
+    assert 7 in [label.index for label in annotations.labels_in(accuracy)]
+    assert annotations.warnings == ()
+
+
+def test_labels_touching_an_area_from_outside_do_not_train():
+    touching = feature(local_box(60, 150, 80, 170), **TREE_CLASS)  # shares the top edge only
+    annotations = parse(with_feature(touching))
+    assert 7 not in [label.index for label in annotations.labels_in(annotations.training[0])]
+    assert annotations.warnings[0].problem == "outside_areas"
+
+
+def test_labels_only_outside_training_areas_cannot_train():
+    with pytest.raises(AnnotationError, match="no label lies in a training_area"):
+        parse(
+            collection(
+                feature(local_box(0, 0, 100, 100), role="training_area"),
+                feature(Point(X0 + 150, Y0 + 250), **TREE_CLASS),
+            )
+        )
 
 
 def test_a_feature_without_image_id_is_accepted_for_any_image():

@@ -12,7 +12,8 @@ import morecantile
 import onnx
 import pytest
 from fastapi.testclient import TestClient
-from shapely.geometry import box
+from rasterio.warp import transform_geom
+from shapely.geometry import box, mapping
 
 from scenes.annotations import annotations_from_truth, label_count
 from server.app import create_app
@@ -205,6 +206,40 @@ def test_wrong_annotations_are_refused_naming_the_feature(served):
         assert response.status_code == 422 and message in response.json()["detail"]
     assert client.get("/api/detectors").json() == detectors_before
     assert client.get("/healthz").status_code == 200
+
+
+def test_labels_not_used_whole_are_stored_with_warnings_naming_them(served):
+    """A box drawn a little past a training area's edge, and a label drawn before its area:
+    stored, each named in `warnings` with what will be done; the training still uses the first."""
+    client, image, collection = served
+    detector = create(client)
+    url = f"/api/detectors/{detector['id']}/annotations"
+    left, bottom, right, top = image["bounds"]
+    w, h = right - left, top - bottom
+    edge = top - 0.55 * h  # the training area's south edge
+    straddling = box(left + 0.2 * w, edge - 0.03 * h, left + 0.23 * w, edge + 0.01 * h)
+    nowhere = box(left + 0.05 * w, bottom + 0.05 * h, left + 0.08 * w, bottom + 0.08 * h)
+    labels = [
+        {
+            "type": "Feature",
+            "properties": {"class": "tree", "image_id": image["id"]},
+            "geometry": transform_geom(image["crs"], "EPSG:4326", mapping(g)),
+        }
+        for g in (straddling, nowhere)
+    ]
+    assert len(labels) == 2
+    body = {"type": "FeatureCollection", "features": [*collection["features"], *labels]}
+    response = client.put(url, json=body)
+    assert response.status_code == 200, response.text
+    n = len(collection["features"])
+    warnings = response.json()["warnings"]
+    assert [(w["feature"], w["problem"]) for w in warnings] == [
+        (n, "straddles_area"),
+        (n + 1, "outside_areas"),
+    ]
+    assert warnings[0]["message"].startswith(f"feature {n}: label extends past the edge")
+    assert "draw a training_area round it" in warnings[1]["message"]
+    assert client.get(url).json()["features"] == json.loads(json.dumps(body["features"]))
 
 
 def test_cli_train_then_detect(scene, tmp_path):

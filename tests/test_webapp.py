@@ -422,19 +422,60 @@ def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, sc
     detector = page.evaluate("() => window.tiledetect.state.detector")
     assert detector["name"] == "nothing"
 
-    # A label outside every area: the API refuses it, the app says why and selects it.
+    # A label outside every area: kept, and the app warns that it is unused until an area is
+    # drawn round it, naming the feature.
     page.select_option("#draw-role", "label")
     draw_rectangle(page, image, (0.2, 0.2), (0.25, 0.25))
+    page.wait_for_function(
+        "() => document.getElementById('save-state').textContent === 'saved, 1 warning(s)'"
+    )
+    warning = page.locator("#annotations-warnings li")
+    assert warning.count() == 1
+    assert "feature 0" in warning.text_content()
+    assert "draw a training_area round it" in warning.text_content()
+    assert len(annotations(server, detector["id"])) == 1
+    shot(page, "08-annotation-warning")
+    page.click("#undo-button")
+    wait_saved(page)
+    assert page.locator("#annotations-warnings").is_hidden()
+
+    # An accuracy area over a training area cannot be understood: refused, the app says why
+    # and selects it, and nothing is stored.
+    page.select_option("#draw-role", "training_area")
+    draw_rectangle(page, image, (0.6, 0.6), (0.8, 0.8))
+    wait_saved(page)
+    page.select_option("#draw-role", "accuracy_area")
+    draw_rectangle(page, image, (0.7, 0.7), (0.9, 0.9))
     message = page.locator("#annotations-error")
     message.wait_for(state="visible")
-    assert "feature 0" in message.text_content()
+    assert "feature 1" in message.text_content() and "overlaps" in message.text_content()
     assert page.text_content("#save-state") == "not saved"
+    assert len(annotations(server, detector["id"])) == 1
     shot(page, "08-annotation-error")
-    page.click("#undo-button")  # nothing left to refuse
+    page.click("#undo-button")
+    page.click("#undo-button")
     wait_saved(page)
+    assert annotations(server, detector["id"]) == []
 
+    # A box drawn past the training area's edge: kept whole, the warning says the part outside
+    # is not used for training; a click on the warning selects it.
     page.select_option("#draw-role", "training_area")
     draw_rectangle(page, image, (0.1, 0.1), (0.5, 0.5))
+    page.select_option("#draw-role", "label")
+    draw_rectangle(page, image, (0.48, 0.2), (0.53, 0.25))
+    page.wait_for_function(
+        "() => document.getElementById('save-state').textContent === 'saved, 1 warning(s)'"
+    )
+    warning = page.locator("#annotations-warnings li")
+    assert "feature 1" in warning.text_content()
+    assert "the part outside is not used for training" in warning.text_content()
+    shot(page, "08-straddling-label-warning")
+    page.evaluate("() => window.tiledetect.draw.select(null)")
+    warning.click()
+    selected = page.evaluate("() => window.tiledetect.draw.selectedId")
+    assert selected is not None
+    page.click("#undo-button")
+    wait_saved(page)
     page.select_option("#draw-role", "label")
     draw_rectangle(page, image, (0.2, 0.2), (0.25, 0.25))
     page.click("#toolbar [data-mode=polygon]")

@@ -1,15 +1,18 @@
 """A detector's training annotations: a WGS84 GeoJSON FeatureCollection, checked, in image CRS.
 
-Training needs to know, for every pixel of a training area, whether a label covers it; one bad
-feature silently turns objects into background, so nothing is accepted unless every feature is
-right. The input comes from users (and from anyone who can reach the API), so it is read field by
-field without trusting its shape: whatever is wrong becomes an `AnnotationError` that names the
-first bad feature in collection order, and nothing is half-parsed. Geometries are checked in
+Training needs to know, for every pixel of a training area, whether a label covers it. What cannot
+be understood (broken geometry, an unknown class, another image) is refused; the input comes from
+users (and from anyone who can reach the API), so it is read field by field without trusting its
+shape, and whatever is wrong becomes an `AnnotationError` that names the first bad feature in
+collection order, and nothing is half-parsed. What a person would expect to work is accepted with
+an `AnnotationWarning` naming the feature and what will be done with it: a label straddling a
+training area's edge trains with the part inside, a label in no area is kept but unused. Geometries are checked in
 WGS84, where the user drew them, and only then moved to the image's CRS, where training reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -65,16 +68,56 @@ class Label:
 
 
 @dataclass(frozen=True)
+class AnnotationWarning:
+    """Something accepted that may not do what the user meant, e.g. 'feature 5: label extends
+    past the edge of training_area feature 0: the part outside is not used for training'."""
+
+    index: int  # feature index in the collection
+    feature_id: str | None
+    problem: str  # straddles_area | outside_areas | in_testing_area
+    message: str
+
+    def as_dict(self) -> dict:
+        return {
+            "feature": self.index,
+            "id": self.feature_id,
+            "problem": self.problem,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
 class Annotations:
     training: tuple[Area, ...]
     testing: tuple[Area, ...]
     accuracy: tuple[Area, ...]
     labels: tuple[Label, ...]
+    warnings: tuple[AnnotationWarning, ...] = ()
 
     def labels_in(self, area: Area) -> list[Label]:
-        """The labels whose representative point (or the point itself) lies in the area."""
-        inside = shapely.covers(area.geometry, _anchors(self.labels))
-        return [label for label, hit in zip(self.labels, inside, strict=True) if hit]
+        """The labels an area uses.
+
+        An accuracy (or testing) area owns the labels whose representative point lies in it, as
+        it owns the predicted objects it scores. A training area also takes the labels that only
+        straddle its edge (the part outside is IGNORE in the target, so what is inside still
+        teaches "object" rather than background), unless an accuracy area owns them: an
+        accuracy label never trains."""
+        if not self.labels:
+            return []
+        anchors = _anchors(self.labels)
+        if area.role != TRAINING:
+            inside = shapely.covers(area.geometry, anchors)
+            return [label for label, hit in zip(self.labels, inside, strict=True) if hit]
+        scored = _covered(anchors, [a.geometry for a in self.accuracy])
+        touched = _overlapping(self.labels, area.geometry) | shapely.covers(area.geometry, anchors)
+        return [
+            label for label, hit, own in zip(self.labels, touched, scored, strict=True)
+            if hit and not own
+        ]  # fmt: skip
+
+    def used_labels(self) -> int:
+        """Labels some training area trains on."""
+        return len({label.index for area in self.training for label in self.labels_in(area)})
 
     def counts(self) -> dict[str, int]:
         """Labels per class, classes in alphabetical order."""
@@ -116,7 +159,8 @@ def parse_annotations(
     are accepted, as the CLI's single-image files do). `require_labels=False` accepts a collection
     without training areas or labels, e.g. testing areas alone. Features are checked one by one
     in collection order, then against one another (training area present, no training/accuracy
-    overlap, every label in a training or accuracy area, labels present)."""
+    overlap, labels present and some in a training area); labels not used whole come back as
+    `Annotations.warnings`."""
     features = _features_of(collection)
     to_image = _transformer("EPSG:4326", image_crs_wkt)
     image_box = box(*image_bounds)
@@ -133,15 +177,20 @@ def parse_annotations(
             'properties.role "training_area" around exhaustively labelled ground'
         )
     _check_no_overlap(areas[TRAINING], areas[ACCURACY])
-    _check_labels_in_areas(labels, areas[TRAINING] + areas[ACCURACY], areas[TESTING])
     if require_labels and not labels:
         raise AnnotationError("the collection has no labels: a detector cannot learn from none")
-    return Annotations(
+    annotations = Annotations(
         training=tuple(_area(r) for r in areas[TRAINING]),
         testing=tuple(_area(r) for r in areas[TESTING]),
         accuracy=tuple(_area(r) for r in areas[ACCURACY]),
         labels=tuple(Label(r.cls, r.geometry, r.kind, r.index, r.feature_id) for r in labels),
     )
+    warnings = label_warnings(annotations)
+    if require_labels and not annotations.used_labels():
+        raise AnnotationError(
+            "no label lies in a training_area: draw a training area round the labelled objects"
+        )
+    return dataclasses.replace(annotations, warnings=warnings)
 
 
 # --- one feature ---------------------------------------------------------------------------------
@@ -210,6 +259,8 @@ def _read_feature(
     local = _project(wgs84, to_image, fail)
     if role != LABEL:
         local = _clip_to_image(local, image_box, fail)
+    elif not image_box.intersects(local):
+        raise fail("the label lies outside the image")
     return _Raw(index, feature_id, role, cls, kind, local)
 
 
@@ -450,33 +501,79 @@ class _Side:
         return self.areas[int(hits[0])] if len(hits) else None
 
 
-def _check_labels_in_areas(labels: list[_Raw], labelled: list[_Raw], testing: list[_Raw]) -> None:
+def label_warnings(annotations: Annotations) -> tuple[AnnotationWarning, ...]:
+    """One warning per label that will not be used whole: straddling a training area's edge
+    (the part outside is ignored), mostly outside an accuracy area (not scored), in a testing
+    area only, or in no area (kept, unused). Labels well inside their area say nothing."""
+    labels = annotations.labels
     if not labels:
-        return
+        return ()
     anchors = _anchors(labels)
-    covered = _covered(anchors, labelled)
-    in_testing = _covered(anchors, testing)
-    for label, ok, tested in zip(labels, covered, in_testing, strict=True):
-        if ok:
+    training = [a.geometry for a in annotations.training]
+    accuracy = _covered(anchors, [a.geometry for a in annotations.accuracy])
+    testing = _covered(anchors, [a.geometry for a in annotations.testing])
+    training_union = shapely.union_all(training) if training else Polygon()
+    trains = {label.index for area in annotations.training for label in annotations.labels_in(area)}
+    warnings = []
+    for label, scored, tested in zip(labels, accuracy, testing, strict=True):
+        where = _prefix(label.index, label.feature_id)
+        if label.index in trains:
+            if label.kind != "point" and not training_union.covers(label.geometry):
+                area = _first_overlapping(annotations.training, label.geometry)
+                warnings.append(
+                    AnnotationWarning(
+                        label.index, label.feature_id, "straddles_area",
+                        f"{where}label extends past the edge of training_area feature "
+                        f"{area.index}: the part outside is not used for training",
+                    )
+                )  # fmt: skip
             continue
-        reason = (
-            "label lies only in a testing_area; testing areas are not labelled"
-            if tested
-            else "label lies in no training_area or accuracy_area"
-        )
-        raise AnnotationError(_where(label) + reason, label.index)
+        if scored:
+            continue
+        if tested:
+            problem, message = (
+                "in_testing_area",
+                "label lies in a testing_area, which is not labelled: it is kept but not used; "
+                "draw a training_area or accuracy_area round it to use it",
+            )
+        else:
+            problem, message = (
+                "outside_areas",
+                "label lies in no training_area or accuracy_area: it is kept but not used; "
+                "draw a training_area round it to learn from it",
+            )
+        warnings.append(AnnotationWarning(label.index, label.feature_id, problem, where + message))
+    return tuple(warnings)
 
 
-def _covered(points: np.ndarray, areas: list[_Raw]) -> np.ndarray:
+def _overlapping(labels: Sequence[Label], area: BaseGeometry) -> np.ndarray:
+    """Which labels share some area with `area` (a polygon touching its edge does not)."""
+    geometries = np.array([label.geometry for label in labels], dtype=object)
+    hits = shapely.intersects(area, geometries)
+    polygons = hits & (shapely.get_type_id(geometries) != 0)  # 0: Point
+    shared = np.zeros(len(labels))
+    if polygons.any():
+        shared[polygons] = shapely.area(shapely.intersection(area, geometries[polygons]))
+    return np.where(polygons, shared > 0, hits)
+
+
+def _first_overlapping(areas: Sequence[Area], geometry: BaseGeometry) -> Area:
+    for area in areas:
+        if area.geometry.intersection(geometry).area > 0:
+            return area
+    return areas[0]
+
+
+def _covered(points: np.ndarray, areas: Sequence[BaseGeometry]) -> np.ndarray:
     """Which points lie in any of the areas; one union, so many overlapping areas stay cheap."""
     if not areas:
         return np.zeros(len(points), bool)
-    union = shapely.union_all([a.geometry for a in areas])
+    union = shapely.union_all(list(areas))
     shapely.prepare(union)
     return shapely.covers(union, points)
 
 
-def _anchors(labels: Sequence[Label | _Raw]) -> np.ndarray:
+def _anchors(labels: Sequence[Label]) -> np.ndarray:
     """Where a label is: the point, or a point certainly inside the polygon."""
     return shapely.point_on_surface(np.array([label.geometry for label in labels], dtype=object))
 

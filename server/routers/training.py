@@ -38,6 +38,13 @@ def get_annotations(
 @router.put(
     "/{detector_id}/annotations",
     summary="Replace the annotations: areas (training/testing/accuracy) and labels, WGS84",
+    description=(
+        "What cannot be understood (broken geometry, unknown class, another image, overlapping "
+        "training and accuracy areas) is refused with 422 naming the feature, and nothing is "
+        "stored. Labels that will not be used whole are stored and listed in `warnings`, each "
+        "naming its feature and what will be done with it: straddling a training area's edge "
+        "(the part outside is ignored), in a testing area, or in no area (kept, unused)."
+    ),
 )
 async def put_annotations(
     detector_id: str,

@@ -148,6 +148,7 @@ async function chooseDetector(id) {
   await flush();
   showError("annotations-error", null);
   showError("draw-error", null);
+  showWarnings([], { features: [] });
   state.detector = null;
   state.annotations = [];
   if (id) {
@@ -211,11 +212,12 @@ async function flush() {
   const status = $("save-state");
   status.textContent = "saving…";
   try {
-    await put(`/api/detectors/${state.detector.id}/annotations`, body);
-    status.textContent = "saved ✓";
+    const saved = await put(`/api/detectors/${state.detector.id}/annotations`, body);
+    status.textContent = saved.warnings?.length ? `saved, ${saved.warnings.length} warning(s)` : "saved ✓";
     status.className = "save-state ok";
     showError("annotations-error", null);
     showError("draw-error", null);
+    showWarnings(saved.warnings || [], body);
     emit("annotations-saved", body);
   } catch (error) {
     status.textContent = "not saved";
@@ -228,6 +230,22 @@ async function flush() {
     showError("annotations-error", shown);
     showError("draw-error", shown); // under the toolbar, next to the drawing that caused it
   }
+}
+
+// Labels the server kept but will not use whole (straddling an area's edge, in no area): one line
+// each, saying what will be done; a click selects the feature when it is on this image.
+function showWarnings(warnings, body) {
+  const list = $("annotations-warnings");
+  list.replaceChildren(...warnings.map((warning) => {
+    const item = el("li", {}, warning.message);
+    item.dataset.feature = String(warning.feature);
+    item.addEventListener("click", () => {
+      const feature = body.features[warning.feature];
+      if (feature && draw.features.includes(feature)) draw.select(feature.id);
+    });
+    return item;
+  }));
+  list.hidden = warnings.length === 0;
 }
 
 export { flush as saveAnnotations };

@@ -27,7 +27,7 @@ from inference.session import load_detector
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
 from server.settings import Settings
-from trainer.annotations import AnnotationError, Annotations, parse_annotations
+from trainer.annotations import AnnotationError, Annotations, label_warnings, parse_annotations
 from trainer.data import ImageSource
 from trainer.job import TrainingTask, read_attempts, read_progress, run_training, write_report
 from trainer.train import TrainingRequest
@@ -160,7 +160,7 @@ class TrainingService:
                 )
             except AnnotationError as exc:
                 raise _renumbered(exc, indexes) from exc
-            parsed[image_id] = _warnings_renumbered(parsed[image_id], indexes)
+            parsed[image_id] = _renumbered_annotations(parsed[image_id], indexes)
         if require_labels:
             if not any(a.training for a in parsed.values()):
                 raise AnnotationError("there is no training area: draw one and label inside it")
@@ -373,17 +373,20 @@ def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
     return AnnotationError(message, indexes[index])
 
 
-def _warnings_renumbered(annotations: Annotations, indexes: list[int]) -> Annotations:
-    """An image's warnings, their feature numbers those of the whole collection."""
-    warnings = tuple(
-        dataclasses.replace(
-            w,
-            index=indexes[w.index],
-            message=w.message.replace(f"feature {w.index}", f"feature {indexes[w.index]}", 1),
-        )
-        for w in annotations.warnings
+def _renumbered_annotations(annotations: Annotations, indexes: list[int]) -> Annotations:
+    """An image's annotations whose feature numbers (areas, labels, and so the warnings' words)
+    are those of the whole collection, as the user sent it."""
+
+    def moved(item):
+        return dataclasses.replace(item, index=indexes[item.index])
+
+    renumbered = Annotations(
+        training=tuple(map(moved, annotations.training)),
+        testing=tuple(map(moved, annotations.testing)),
+        accuracy=tuple(map(moved, annotations.accuracy)),
+        labels=tuple(map(moved, annotations.labels)),
     )
-    return dataclasses.replace(annotations, warnings=warnings)
+    return dataclasses.replace(renumbered, warnings=label_warnings(renumbered))
 
 
 class TrainingLostError(RuntimeError):

@@ -105,6 +105,17 @@ def test_train_publishes_a_scored_version_that_serves_at_once(served):
     assert metrics["areas"] == 1 and metrics["labels"] > 0
     assert {"precision", "recall", "f1"} <= set(metrics["object"])
     assert {"counting_f1", "foreground_iou", "pixel_f1"} <= set(metrics)
+    # Each accuracy area's own scores, named by its feature in the whole collection.
+    (area,) = metrics["per_area"]
+    roles = [f["properties"].get("role") for f in collection["features"]]
+    assert area["area"] == roles.index("accuracy_area") and area["image_id"] == image["id"]
+    assert area["labelled"] == metrics["labels"]
+    assert (area["tp"], area["fp"], area["fn"]) == (
+        metrics["object"]["tp"], metrics["object"]["fp"], metrics["object"]["fn"]
+    )  # fmt: skip
+    west, south, east, north = area["bounds_wgs84"]
+    iw, is_, ie, in_ = image["bounds_wgs84"]
+    assert iw - 1e-6 <= west < east <= ie + 1e-6 and is_ - 1e-6 <= south < north <= in_ + 1e-6
     assert job["result"]["report"]["steps"] == TRAIN_STEPS
     assert job["result"]["report"]["onnx_max_abs_diff"] < 1e-4
 

@@ -203,8 +203,9 @@ def test_full_workflow(server, browser, page, scene):
     # Areas: training top-left, accuracy bottom-right (as test_training does), with the mouse.
     page.select_option("#draw-role", "training_area")
     draw_rectangle(page, image, (0.0, 0.0), (0.55, 0.55))
-    page.select_option("#draw-role", "accuracy_area")
-    draw_rectangle(page, image, (0.6, 0.6), (1.0, 1.0))
+    page.select_option("#draw-role", "accuracy_area")  # two, side by side: scored each
+    draw_rectangle(page, image, (0.6, 0.6), (1.0, 0.8))
+    draw_rectangle(page, image, (0.6, 0.8), (1.0, 1.0))
     page.select_option("#draw-role", "testing_area")
     draw_rectangle(page, image, (0.6, 0.02), (0.98, 0.3))
     wait_saved(page)
@@ -242,7 +243,7 @@ def test_full_workflow(server, browser, page, scene):
     saved = annotations(server, detector["id"])
     assert len(saved) == count
     roles = [f["properties"].get("role", "label") for f in saved]
-    assert roles.count("training_area") == 1 and roles.count("accuracy_area") == 1
+    assert roles.count("training_area") == 1 and roles.count("accuracy_area") == 2
     assert roles.count("testing_area") == 1
     assert roles.count("label") == len(trees) + len(buildings)
     assert (
@@ -274,7 +275,40 @@ def test_full_workflow(server, browser, page, scene):
     wait_idle(page)
     shot(page, "04-scores")
 
-    # The detection layer: tiles requested and drawn over the imagery.
+    # Each accuracy area's own scores, worst F1 first; headings sort; a row goes to its area.
+    rows = page.locator("#area-scores tbody tr")
+    assert rows.count() == 2
+
+    def column(index: int) -> list[str]:
+        return [rows.nth(i).locator("td").nth(index).text_content() for i in range(rows.count())]
+
+    def percent(texts: list[str]) -> list[float]:
+        return [float(t.rstrip(" %")) for t in texts]
+
+    assert percent(column(5)) == sorted(percent(column(5)))
+    page.click("#area-scores th[data-key=f1]")
+    assert percent(column(5)) == sorted(percent(column(5)), reverse=True)
+    page.click("#area-scores th[data-key=labelled]")
+    assert [int(t) for t in column(1)] == sorted(int(t) for t in column(1))
+    metrics = server.get(f"/api/detectors/{detector['id']}").json()["versions"][-1]["metrics"]
+    per_area = {a["area"]: a for a in metrics["per_area"]}
+    first = per_area[int(rows.nth(0).get_attribute("data-area"))]
+    assert str(first["labelled"]) == column(1)[0]
+    rows.nth(0).click()
+    west, south, east, north = first["bounds_wgs84"]
+    shown = page.evaluate("() => window.tiledetect.map.getBounds().toArray().flat()")
+    assert shown[0] <= west and shown[2] >= east and shown[1] <= south and shown[3] >= north
+    image_width = image["bounds_wgs84"][2] - image["bounds_wgs84"][0]
+    assert shown[2] - shown[0] < 0.9 * image_width  # zoomed in on the area, not the image
+    shot(page, "04-area-scores")
+    [w, s_, e, n] = image["bounds_wgs84"]
+    page.evaluate(
+        f"() => window.tiledetect.map.fitBounds([[{w}, {s_}], [{e}, {n}]], {{animate: false}})"
+    )
+
+    # The detection layer is on once a training finishes: tiles requested and drawn.
+    assert page.is_checked("#detections-visible")
+    page.uncheck("#detections-visible")
     page.uncheck("#verdicts-visible")
     wait_idle(page)
     before = page.locator("#map").screenshot()

@@ -6,8 +6,9 @@ users (and from anyone who can reach the API), so it is read field by field with
 shape, and whatever is wrong becomes an `AnnotationError` that names the first bad feature in
 collection order, and nothing is half-parsed. What a person would expect to work is accepted with
 an `AnnotationWarning` naming the feature and what will be done with it: a label straddling a
-training area's edge trains with the part inside, a label in no area is kept but unused. Geometries are checked in
-WGS84, where the user drew them, and only then moved to the image's CRS, where training reads.
+training area's edge trains with the part inside, a label in no area is kept but unused.
+Geometries are checked in WGS84, where the user drew them, and only then moved to the image's
+CRS, where training reads.
 """
 
 from __future__ import annotations

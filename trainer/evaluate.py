@@ -45,6 +45,22 @@ class AreaResult:
     matched: list[tuple[int, int]]  # (object index, label index) at IoU >= MIN_IOU
     foreground: tuple[int, int, int] = (0, 0, 0)  # true positive, false positive, false negative px
     matched_loose: list[tuple[int, int]] = field(default_factory=list)  # at IoU >= LOOSE_IOU
+    image_id: str | None = None  # where the area is, for the per-area table's link to the map
+    bounds_wgs84: tuple[float, float, float, float] | None = None
+
+    def as_dict(self) -> dict:
+        """This area's own scores: users fix the worst areas first."""
+        scores = _match_scores([self], None)
+        return {
+            "image_id": self.image_id,
+            "area": self.area.index,
+            "id": self.area.feature_id,
+            "bounds_wgs84": self.bounds_wgs84,
+            "labelled": len(self.labels),
+            "predicted": len(self.objects),
+            **scores.as_dict(),
+            "f1_iou40": round(_match_scores([self], None, loose=True).f1, 4),
+        }
 
 
 @dataclass
@@ -78,6 +94,7 @@ class Scores:
             "per_class_iou40": per_class_loose,
             "counting_f1": round(float(np.mean(counting)), 4) if counting else None,
             "counts": counts,
+            "per_area": [r.as_dict() for r in self.results],
             "foreground_iou": round(tp / (tp + fp + fn), 4) if tp + fp + fn else None,
             "pixel_f1": round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None,
         }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rasterio.warp import transform_geom
+from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import mapping
 
 from inference.format import DetectorSpec, embed_spec
@@ -212,6 +212,10 @@ def _evaluate(detector, request: TrainingRequest) -> tuple[Scores, dict]:
         crs = source.meta["crs_wkt"]
         labels_in = {a.index: labelled.labels_in(a) for a in labelled.accuracy}
         image_scores = score_areas(detector, source, labelled.accuracy, labels_in)
+        for result in image_scores.results:
+            result.image_id = image_id
+            wgs84 = transform_bounds(crs, "EPSG:4326", *result.area.geometry.bounds)
+            result.bounds_wgs84 = tuple(round(v, 8) for v in wgs84)
         scores.results.extend(image_scores.results)
         for verdict, geometry, props in image_scores.features():
             features.append(_feature(geometry, crs, image_id, "accuracy_area", verdict, props))

@@ -70,6 +70,7 @@ async function train() {
     $("train-label").textContent = `Trained version ${done.result.version}.`;
     $("train-bar").value = 1;
     const updated = await get(`/api/detectors/${detector.id}`);
+    $("detections-visible").checked = true; // the new version's detections, on the map at once
     emit("detector-updated", updated);
     showVersions(updated, done.result.version);
   } catch (error) {
@@ -132,6 +133,7 @@ function showScores(metrics) {
   const table = $("scores");
   if (!metrics) {
     table.replaceChildren(el("tr", {}, el("td", {}, "No accuracy areas were labelled for this version.")));
+    showAreaScores([]);
     return;
   }
   const object = metrics.object || {};
@@ -148,6 +150,53 @@ function showScores(metrics) {
     if (f1 !== undefined) rows.push(row(`${name} F1`, pct(f1)));
   }
   table.replaceChildren(...rows);
+  showAreaScores(metrics.per_area || []);
+}
+
+// Every accuracy area's own scores, worst F1 first by default: where to look and fix next.
+const AREA_COLUMNS = [
+  ["area", "area"], ["labelled", "labels"], ["predicted", "found"],
+  ["precision", "P"], ["recall", "R"], ["f1", "F1"],
+];
+let areaSort = { key: "f1", ascending: true };
+
+function showAreaScores(areas) {
+  $("area-scores-box").hidden = areas.length === 0;
+  const table = $("area-scores");
+  const order = new Map(areas.map((a, i) => [a, i + 1])); // "area 2": the second one scored
+  const name = (a) => `area ${order.get(a)}`;
+  const value = (a, key) => (key === "area" ? name(a) : a[key]);
+  const sorted = [...areas].sort((a, b) => {
+    const [x, y] = [value(a, areaSort.key), value(b, areaSort.key)];
+    const sign = typeof x === "string" ? x.localeCompare(y, undefined, { numeric: true }) : x - y;
+    return areaSort.ascending ? sign : -sign;
+  });
+  const head = el("tr", {}, ...AREA_COLUMNS.map(([key, label]) => {
+    const th = el("th", { "data-key": key }, label);
+    if (key === areaSort.key) th.setAttribute("aria-sort", areaSort.ascending ? "ascending" : "descending");
+    th.addEventListener("click", () => {
+      areaSort = { key, ascending: key === areaSort.key ? !areaSort.ascending : true };
+      showAreaScores(areas);
+    });
+    return th;
+  }));
+  const cell = (a, key) => (["precision", "recall", "f1"].includes(key) ? pct(a[key]) : String(value(a, key)));
+  const rows = sorted.map((a) => {
+    const tr = el("tr", { "data-area": String(a.area), title: a.id || `feature ${a.area}` }, ...AREA_COLUMNS.map(([key]) => el("td", {}, cell(a, key))));
+    tr.addEventListener("click", () => goToArea(a));
+    return tr;
+  });
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+function goToArea(area) {
+  if (area.image_id && state.image && area.image_id !== state.image.id) {
+    const item = document.querySelector(`#images li[data-id="${area.image_id}"]`);
+    if (item) item.click();
+  }
+  if (!area.bounds_wgs84) return;
+  const [west, south, east, north] = area.bounds_wgs84;
+  state.map.fitBounds([[west, south], [east, north]], { padding: 60, animate: false });
 }
 
 async function loadVerdicts() {

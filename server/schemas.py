@@ -221,6 +221,13 @@ class DetectorCreate(BaseModel):
     )
 
 
+class PrefillRequest(BaseModel):
+    area: dict[str, Any] = Field(
+        description="A GeoJSON Polygon (WGS84): the new training area to fill with labels."
+    )
+    version: int | None = Field(None, ge=1, description="The version to ask (default: latest).")
+
+
 class TrainRequest(BaseModel):
     seconds: float | None = Field(
         None, gt=0, le=3600, description="Training budget; default suits the hardware."

@@ -23,6 +23,7 @@ from catalog.jobs import TRAIN_JOB, JobStore
 from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord, JobStatus
 from catalog.names import check_name
 from catalog.projects import owner
+from inference.reading import check_bands
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
 from server.exports import ExportService
@@ -30,6 +31,7 @@ from server.settings import Settings
 from trainer.annotations import AnnotationError, Annotations, label_warnings, parse_annotations
 from trainer.data import ImageSource
 from trainer.job import TrainingTask, read_attempts, read_progress, run_training, write_report
+from trainer.prefill import prefill_labels
 from trainer.train import TrainingRequest
 
 log = logging.getLogger("tiledetect.training")
@@ -106,9 +108,46 @@ class TrainingService:
         return {
             "revision": record.revision,
             "counts": counts,
+            "prefilled": _prefilled(collection),
             "images": sorted(parsed),
             "warnings": sorted(warnings, key=lambda w: w["feature"]),
         }
+
+    def prefill(
+        self,
+        detector_id: str,
+        image_id: str,
+        area: Any,
+        version: int | None = None,
+        project: str | None = None,
+    ) -> dict:
+        """A version's detections inside `area` (a WGS84 polygon, e.g. a new training area), as
+        label features to correct and save; the latest version unless one is named."""
+        detector = self.detectors.get(detector_id, project)
+        image = self.images.get(image_id, owner(detector.project_id))
+        if image.meta is None:
+            raise AnnotationError(f"image {image_id} is still ingesting")
+        collection = {
+            "type": "FeatureCollection",
+            "features": [
+                {"type": "Feature", "properties": {"role": "testing_area"}, "geometry": area}
+            ],
+        }
+        try:
+            parsed = parse_annotations(
+                collection,
+                classes=detector.classes,
+                image_crs_wkt=image.meta["crs_wkt"],
+                image_bounds=tuple(image.meta["bounds"]),
+                require_labels=False,
+            )
+        except AnnotationError as exc:
+            raise AnnotationError(str(exc).replace("feature 0: ", "area: ", 1)) from exc
+        record = self.detectors.version(detector_id, version)
+        model = self.layers.detector(record)
+        check_bands(model.spec, image.meta)
+        source = ImageSource(image_id, self.images.cog_path(image_id), image.meta)
+        return prefill_labels(model, source, parsed.testing[0], image_id, record.number)
 
     def get_annotations(self, detector_id: str, project: str | None = None) -> dict:
         self.detectors.get(detector_id, project)
@@ -371,6 +410,15 @@ def _renumbered(exc: AnnotationError, indexes: list[int]) -> AnnotationError:
         return exc
     message = str(exc).replace(f"feature {index}", f"feature {indexes[index]}", 1)
     return AnnotationError(message, indexes[index])
+
+
+def _prefilled(collection: dict) -> int:
+    """Labels of this revision that began as a version's predictions (`prefilled_from`)."""
+    return sum(
+        1
+        for f in collection["features"]
+        if isinstance(f.get("properties"), dict) and "prefilled_from" in f["properties"]
+    )
 
 
 def _renumbered_annotations(annotations: Annotations, indexes: list[int]) -> Annotations:

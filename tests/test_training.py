@@ -13,8 +13,9 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from rasterio.warp import transform_geom
-from shapely.geometry import box, mapping
+from shapely.geometry import box, mapping, shape
 
+import trainer.prefill
 from scenes.annotations import annotations_from_truth, label_count
 from server.app import create_app
 from server.settings import Settings
@@ -143,6 +144,7 @@ def test_train_publishes_a_scored_version_that_serves_at_once(served):
     at = morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, z)
     png = client.get(tilejson["tiles"][0].format(z=z, x=at.x, y=at.y))
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), png.text[:200]
+    check_prefill(client, image, collection, url)
     described = client.get(url).json()
     assert described["versions"][-1]["number"] == 1
     assert described["colors"] == described["spec"]["colors"] == COLORS
@@ -217,6 +219,52 @@ def test_wrong_annotations_are_refused_naming_the_feature(served):
         assert response.status_code == 422 and message in response.json()["detail"]
     assert client.get("/api/detectors").json() == detectors_before
     assert client.get("/healthz").status_code == 200
+
+
+def check_prefill(client, image: dict, collection: dict, url: str) -> None:
+    """Predictions become labels: version 1's objects in the training area come back as label
+    features that, saved with the annotations, count as `prefilled` and are ordinary labels."""
+    features = collection["features"]
+    (training,) = [f for f in features if f["properties"].get("role") == "training_area"]
+    prefill = f"{url}/images/{image['id']}/prefill"
+    response = client.post(prefill, json={"area": training["geometry"]})
+    assert response.status_code == 200, response.text
+    labels = response.json()["features"]
+    assert labels, "version 1 found nothing in its own training area"
+    area = transform_geom("EPSG:4326", image["crs"], training["geometry"])
+    area = shape(area).buffer(1e-6)
+    for label in labels:
+        props = label["properties"]
+        assert props["role"] == "label" and props["class"] in ("tree", "building")
+        assert props["prefilled_from"] == 1 and props["image_id"] == image["id"]
+        assert 0 <= props["score"] <= 1
+        local = shape(transform_geom("EPSG:4326", image["crs"], label["geometry"]))
+        assert area.contains(local.representative_point())
+    revision = client.get(f"{url}/annotations").json()["revision"]
+    body = {"type": "FeatureCollection", "features": [*features, *labels]}
+    saved = client.put(f"{url}/annotations", json=body)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["prefilled"] == len(labels) and saved.json()["revision"] == revision + 1
+    assert sum(saved.json()["counts"].values()) == label_count(collection) + len(labels)
+    client.put(f"{url}/annotations", json=collection)  # back as it was
+    # What cannot be done says why, and nothing changes.
+    west, south, east, north = image["bounds_wgs84"]
+    outside = mapping(box(east + 0.01, north + 0.01, east + 0.02, north + 0.02))
+    for body, status, words in (
+        ({"area": outside}, 422, "area: the area lies outside the image"),
+        ({"area": training["geometry"], "version": 9}, 404, "no version 9"),
+        ({"area": {"type": "Point", "coordinates": [west, south]}}, 422, "Polygon"),
+    ):
+        response = client.post(prefill, json=body)
+        assert response.status_code == status, response.text
+        assert words in response.json()["detail"], response.text
+    limit = trainer.prefill.MAX_SIDE_PX
+    trainer.prefill.MAX_SIDE_PX = 100  # a training area larger than pre-fill computes at once
+    try:
+        response = client.post(prefill, json={"area": training["geometry"]})
+    finally:
+        trainer.prefill.MAX_SIDE_PX = limit
+    assert response.status_code == 422 and "at most 100 px a side" in response.json()["detail"]
 
 
 def test_labels_not_used_whole_are_stored_with_warnings_naming_them(served):

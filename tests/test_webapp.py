@@ -148,6 +148,13 @@ def wait_saved(page) -> None:
     page.wait_for_function("() => document.getElementById('save-state').textContent === 'saved ✓'")
 
 
+def wait_saved_any(page) -> None:
+    """Saved, with or without warnings (pre-filled boxes may reach past their area's edge)."""
+    page.wait_for_function(
+        "() => document.getElementById('save-state').textContent.startsWith('saved')"
+    )
+
+
 def truth_in(truth: dict, image: dict, cls: str, fx: tuple, fy: tuple, n: int):
     """WGS84 bounds of up to n objects of class `cls` (the truth is WGS84) centred inside a
     fraction window of the image, big enough to draw on screen."""
@@ -338,6 +345,37 @@ def test_full_workflow(server, browser, page, scene):
     while not any("threshold=0.9" in u for u in tile_urls):
         assert time.monotonic() < deadline, tile_urls[-5:]
         page.wait_for_timeout(200)
+
+    # Predictions become labels: a new training area, filled with version 1's detections as
+    # editable labels in one click; one deleted as a false positive; saved as ordinary labels.
+    page.select_option("#draw-role", "training_area")
+    draw_rectangle(page, image, (0.62, 0.32), (0.98, 0.58))
+    wait_saved_any(page)
+    before = len(annotations(server, detector["id"]))
+    new_area = page.evaluate(
+        "() => window.tiledetect.draw.features.filter("
+        "(f) => f.properties.role === 'training_area').at(-1).id"
+    )
+    page.evaluate(f"() => window.tiledetect.draw.select({new_area!r})")
+    prefill = page.locator("#prefill-button")
+    assert prefill.is_enabled() and "v1" in prefill.text_content()
+    prefill.click()
+    page.wait_for_function(
+        f"() => window.tiledetect.draw.features.length > {before}", timeout=120_000
+    )
+    wait_saved_any(page)
+    stored = annotations(server, detector["id"])
+    prefilled = [f for f in stored if f["properties"].get("prefilled_from") == 1]
+    assert prefilled and len(stored) == before + len(prefilled)
+    shot(page, "05b-prefilled")
+    first_label = page.evaluate(
+        "() => window.tiledetect.draw.features.find((f) => f.properties.prefilled_from).id"
+    )
+    page.evaluate(f"() => window.tiledetect.draw.select({first_label!r})")
+    page.click("#delete-button")
+    page.wait_for_function(f"() => window.tiledetect.draw.features.length === {len(stored) - 1}")
+    wait_saved_any(page)
+    assert len(annotations(server, detector["id"])) == len(stored) - 1
 
     # A second version (a very short training), then back to the first: the layer and the
     # scores follow the version chosen.

@@ -12,7 +12,14 @@ from server.auth import Project
 from server.blob_responses import blob_response
 from server.dependencies import get_services
 from server.routers.detections import _describe
-from server.schemas import DetectorCreate, DetectorOut, DetectorVersionOut, JobOut, TrainRequest
+from server.schemas import (
+    DetectorCreate,
+    DetectorOut,
+    DetectorVersionOut,
+    JobOut,
+    PrefillRequest,
+    TrainRequest,
+)
 from server.services import Services
 
 router = APIRouter(prefix="/api/detectors", tags=["training"])
@@ -54,6 +61,30 @@ async def put_annotations(
 ) -> dict[str, Any]:
     return await run_in_threadpool(
         services.training.put_annotations, detector_id, collection, project
+    )
+
+
+@router.post(
+    "/{detector_id}/images/{image_id}/prefill",
+    summary="A version's detections in an area, as labels to correct (GeoJSON)",
+    description=(
+        "Predictions become labels: the objects a version finds in `area` (e.g. a new training "
+        'area), as label features with `class`, `shape` ("box" for box detectors), `score` '
+        "and `prefilled_from` (the version). Nothing is stored: the client adds them to the "
+        "annotations, the user corrects them, and PUT annotations saves them as ordinary labels "
+        "(its response counts the `prefilled` ones). At most 4096 px a side at the detector's "
+        "resolution; 404 before the first version."
+    ),
+)
+async def prefill(
+    detector_id: str,
+    image_id: str,
+    body: PrefillRequest,
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
+) -> dict[str, Any]:
+    return await run_in_threadpool(
+        services.training.prefill, detector_id, image_id, body.area, body.version, project
     )
 
 

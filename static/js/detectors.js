@@ -40,6 +40,7 @@ export function initDetectors() {
     },
     onSelect: (feature) => {
       $("delete-button").disabled = !feature;
+      updatePrefill();
       if (feature && feature.properties.role === "label") $("draw-class").value = feature.properties.class;
     },
   });
@@ -49,6 +50,8 @@ export function initDetectors() {
     button.addEventListener("click", () => draw.setMode(button.dataset.mode)));
   $("delete-button").addEventListener("click", () => draw.deleteSelected());
   $("undo-button").addEventListener("click", () => draw.undo());
+  $("prefill-button").addEventListener("click", prefill);
+  on("version", updatePrefill);
   $("draw-role").addEventListener("change", () => {
     $("draw-class").disabled = $("draw-role").value !== "label";
   });
@@ -229,6 +232,34 @@ async function flush() {
     const shown = new Error(`Annotations not saved: ${error.message}`);
     showError("annotations-error", shown);
     showError("draw-error", shown); // under the toolbar, next to the drawing that caused it
+  }
+}
+
+// Predictions become labels: the chosen version's detections in the selected training area, added
+// as ordinary (editable) labels in one undoable step; the user deletes, reshapes, adds, and saves.
+function updatePrefill() {
+  const feature = draw && draw.selected();
+  const button = $("prefill-button");
+  button.disabled = !(feature && feature.properties.role === "training_area" && state.version);
+  button.textContent = state.version ? `Pre-fill labels (v${state.version})` : "Pre-fill labels";
+}
+
+async function prefill() {
+  const area = draw.selected();
+  if (!area || !state.version) return;
+  const button = $("prefill-button");
+  button.disabled = true;
+  showError("draw-error", null);
+  try {
+    const url = `/api/detectors/${state.detector.id}/images/${state.image.id}/prefill`;
+    const found = await post(url, { area: area.geometry, version: state.version });
+    const added = draw.addAll(found.features);
+    $("save-state").title = `${added.length} label(s) pre-filled from version ${state.version}`;
+    draw.select(area.id);
+  } catch (error) {
+    showError("draw-error", new Error(`Pre-fill failed: ${error.message}`));
+  } finally {
+    updatePrefill();
   }
 }
 

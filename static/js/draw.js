@@ -88,6 +88,13 @@ export class Draw {
     return feature;
   }
 
+  // Several features at once (e.g. pre-filled labels): one undo step removes them all.
+  addAll(features) {
+    const added = features.map((f) => ({ ...f, id: newId() }));
+    this.mutate(() => this.features.push(...added));
+    return added;
+  }
+
   updateSelected(properties) {
     const feature = this.selected();
     if (!feature) return;

@@ -360,6 +360,7 @@ class TrainingService:
                 attachments={
                     "report.json": work.local_path("report.json"),
                     "predictions.geojson": work.local_path("predictions.geojson"),
+                    "suggestions.geojson": work.local_path("suggestions.geojson"),
                 },
                 annotation_revision=revision,
             ),

@@ -313,6 +313,30 @@ def test_full_workflow(server, browser, page, scene):
         f"() => window.tiledetect.map.fitBounds([[{w}, {s_}], [{e}, {n}]], {{animate: false}})"
     )
 
+    # Where to label next: the version's suggestions, each with its reason; "Label here" makes
+    # one a training area (saved), which Undo takes back.
+    page.wait_for_selector("#suggestions-box:not([hidden]) #suggestions li")
+    suggested = server.get(
+        f"/api/detectors/{detector['id']}/versions/1/suggestions.geojson"
+    ).json()["features"]
+    items = page.locator("#suggestions li")
+    assert items.count() == len(suggested) >= 1
+    assert items.nth(0).locator(".reason").text_content() == suggested[0]["properties"]["reason"]
+    before = len(annotations(server, detector["id"]))
+    items.nth(0).locator(".make-area").click()
+    wait_saved_any(page)
+    stored = annotations(server, detector["id"])
+    assert len(stored) == before + 1
+    assert stored[-1]["properties"]["role"] == "training_area"
+    assert shape(stored[-1]["geometry"]).equals_exact(shape(suggested[0]["geometry"]), 1e-9)
+    shot(page, "04-suggestion-area")
+    page.click("#undo-button")
+    wait_saved(page)
+    assert len(annotations(server, detector["id"])) == before
+    page.evaluate(
+        f"() => window.tiledetect.map.fitBounds([[{w}, {s_}], [{e}, {n}]], {{animate: false}})"
+    )
+
     # The detection layer is on once a training finishes: tiles requested and drawn.
     assert page.is_checked("#detections-visible")
     page.uncheck("#detections-visible")

@@ -21,13 +21,13 @@ from trainer.train import TrainingRequest, train_detector
 PROGRESS_FILE = "progress.json"
 ATTEMPTS_FILE = "attempts.json"  # the workers that started this task, oldest first
 REPORT_FILE = "report.json"
-OUTPUT_FILES = ("model.onnx", REPORT_FILE, "predictions.geojson")
+OUTPUT_FILES = ("model.onnx", REPORT_FILE, "predictions.geojson", "suggestions.geojson")
 
 
 @dataclass(frozen=True)
 class TrainingTask:
     request: TrainingRequest
-    work_dir: str  # blob ref: model.onnx, report.json, predictions.geojson, progress.json
+    work_dir: str  # blob ref: model.onnx, report.json, *.geojson, progress.json
     gdal_options: tuple[tuple[str, str], ...] = ()  # to read the images' COGs (custom S3)
 
 

@@ -40,6 +40,7 @@ from trainer.network import (
     export_onnx,
     onnx_torch_difference,
 )
+from trainer.suggestions import suggest
 
 INPUT_NORMS = ("image", "pretrained")
 ONNX_TOLERANCE = 1e-4
@@ -145,6 +146,8 @@ def train_detector(
     difference = _export_checked(net, spec, model_path, check, len(bands))
     detector = load_detector(model_path)
     scores, predictions = _evaluate(detector, request)
+    # Where to label next, right after the training, for the web app's list (trainer.suggestions).
+    suggestions = suggest(detector, request.images, request.annotations, seed=request.seed)
     report = {
         "name": request.name,
         "classes": list(class_names),
@@ -161,8 +164,10 @@ def train_detector(
         "execution_provider": available_providers()[0],
         "onnx_max_abs_diff": difference,
         "metrics": scores.as_dict(class_names) if scores.results else None,
+        "suggestions": suggestions["summary"],
     }
     _write_json(out_dir / "predictions.geojson", predictions)
+    _write_json(out_dir / "suggestions.geojson", suggestions)
     _write_json(out_dir / "report.json", report)
     return report
 

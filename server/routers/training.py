@@ -24,7 +24,11 @@ from server.services import Services
 
 router = APIRouter(prefix="/api/detectors", tags=["training"])
 
-ATTACHMENTS = {"report.json": "application/json", "predictions.geojson": "application/geo+json"}
+ATTACHMENTS = {
+    "report.json": "application/json",
+    "predictions.geojson": "application/geo+json",
+    "suggestions.geojson": "application/geo+json",  # where to label next (trainer.suggestions)
+}
 
 
 @router.post("", status_code=201, response_model=DetectorOut, summary="Create a detector")
@@ -140,7 +144,8 @@ def version_model(
 
 @router.get(
     "/{detector_id}/versions/{number}/{name}",
-    summary="A trained version's report.json or predictions.geojson (testing/accuracy areas)",
+    summary="A trained version's report.json, predictions.geojson (testing/accuracy areas) or "
+    "suggestions.geojson (where to label next, ranked, each with its reason)",
 )
 def version_attachment(
     detector_id: str,

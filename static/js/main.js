@@ -6,6 +6,7 @@ import { initDetectors } from "./detectors.js";
 import { initTraining } from "./training.js";
 import { initLayers } from "./layers.js";
 import { initExports } from "./exports.js";
+import { initSuggestions } from "./suggestions.js";
 
 const map = new maplibregl.Map({
   container: "map",
@@ -128,5 +129,6 @@ map.on("load", () => {
   initTraining();
   initLayers();
   initExports();
+  initSuggestions();
   loadImages();
 });

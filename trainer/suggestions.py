@@ -11,8 +11,9 @@ detector, each through one window at its centre, seen as is and mirrored:
 - `unfamiliar`: how far the window's colours and texture are from every training area's;
 - `unusual_sizes`: share of the objects found whose area is far from the labelled objects'.
 
-Each signal is ranked among the candidates (0..1) and the score is their mean; the reason names
-the strongest. One window and its mirror per candidate keeps a whole 8192 x 8192 px image well
+Each signal is ranked among the candidates (0..1); the score is mostly the strongest rank (one
+extreme signal is reason enough), the mean of the others breaking ties; the reason names the
+strongest. One window and its mirror per candidate keeps a whole 8192 x 8192 px image well
 under a minute on two CPU cores, inside or right after the training job.
 """
 
@@ -126,15 +127,15 @@ def _candidates(
     scored = shapely.union_all([a.geometry for a in labelled.accuracy])
     half = min(side, window) / 2
     out = []
-    columns = max(1, int((right - left) // side))
-    rows = max(1, int((top - bottom) // side))
+    columns = max(1, int((right - left) / side + 1e-6))  # 3 sides of a third are 3, not 2.999
+    rows = max(1, int((top - bottom) / side + 1e-6))
     for row in range(rows):
         for column in range(columns):
             x0, y1 = left + column * side, top - row * side
             square = box(x0, max(bottom, y1 - side), min(right, x0 + side), y1)
             # An accuracy area must never be trained on: a suggestion touching one could not
             # become a training area.
-            if square.intersection(scored).area > 0:
+            if square.intersection(scored).area > 1e-3 * square.area:  # not a shared edge
                 continue
             if square.intersection(trained).area > 0.1 * square.area:
                 continue
@@ -266,7 +267,10 @@ def _ranked(
         "unusual_sizes": np.array([look.unusual_sizes for look in looks]),
     }
     ranks = {name: _rank(values) for name, values in signals.items()}
-    score = np.mean([ranks[name] for name in SIGNALS], axis=0)
+    # Each signal flags a different gap in what the model learnt, so one extreme signal is
+    # reason enough: the strongest rank counts most, the others break ties.
+    stacked = np.stack([ranks[name] for name in SIGNALS])
+    score = 0.75 * stacked.max(axis=0) + 0.25 * stacked.mean(axis=0)
     order = np.argsort(-score, kind="stable")[:count]
     typical_gap = float(np.median(gaps)) if len(gaps) else 0.0
     features = []

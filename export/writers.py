@@ -116,7 +116,7 @@ def write_objects(
             yield from table.to_batches()
 
     if fmt.driver is None:
-        _write_geoparquet(reprojected(), path, crs)
+        write_geoparquet(reprojected(), path, crs)
     else:
         options = {"RFC7946": "YES", "WRITE_BBOX": "YES"} if fmt.driver == "GeoJSON" else {}
         if fmt.driver == "GPKG":
@@ -147,10 +147,17 @@ def _reproject(table: pa.Table, transformer: Transformer) -> pa.Table:
     return table.set_column(index, "geometry", pa.array(shapely.to_wkb(moved), pa.binary()))
 
 
-def _write_geoparquet(batches: Iterator[pa.RecordBatch], path: str | Path, crs: CRS) -> None:
+def write_geoparquet(
+    batches: Iterator[pa.RecordBatch],
+    path: str | Path,
+    crs: CRS,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> None:
+    """Batches with a WKB `geometry` column as GeoParquet 1.1 (the `geo` metadata: encoding,
+    geometry types, CRS as PROJJSON, bbox)."""
     bounds = [np.inf, np.inf, -np.inf, -np.inf]
     kinds: set[str] = set()
-    with pq.ParquetWriter(str(path), OUTPUT_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer:
         for batch in batches:
             geometries = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
             if len(geometries):

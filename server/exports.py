@@ -8,10 +8,12 @@ at `TILEDETECT_DASK_SCHEDULER`, whose workers must see the same blob store.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC
+from pathlib import Path
 from typing import TypeVar
 
 from pyproj import CRS
@@ -19,7 +21,7 @@ from pyproj.exceptions import CRSError
 
 from catalog.blobstore import BlobStore, gdal_options_for_path
 from catalog.db import SkipWhileUnavailable, is_unavailable, retry_unavailable, unavailable_reason
-from catalog.errors import failure_reason
+from catalog.errors import ConflictError, failure_reason
 from catalog.exports import ExportStore, export_prefix
 from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
@@ -38,6 +40,14 @@ from export.run import (
 )
 from export.sweep import SweepOptions, SweepState
 from export.writers import FORMATS, format_named
+from export.zones import (
+    ZONE_FORMATS,
+    ZonesError,
+    count_zones,
+    parse_zones,
+    read_objects,
+    write_zone_counts,
+)
 from server.detection_layers import DetectionLayers
 from server.settings import Settings
 
@@ -162,6 +172,29 @@ class ExportService:
                 adopted.append(record.id)
         self._start_keeper()
         return adopted
+
+    def zone_counts(
+        self, export_id: str, collection: object, fmt: str, project: str | None = None
+    ) -> bytes:
+        """Counts per zone and class of a finished export's objects, as a file in `fmt`
+        (export.zones); computed on request, nothing stored."""
+        if fmt not in ZONE_FORMATS:
+            known = ", ".join(ZONE_FORMATS)
+            raise ZonesError(f"zone counts come as one of {known}, not {fmt!r}")
+        zones = parse_zones(collection)
+        record = self.store.get(export_id, project)
+        key = self.result_key(record) if record.state in ("done", "partial") else None
+        if key is None:
+            raise ConflictError(f"export {export_id} is {record.state}; its objects are not ready")
+        classes = self.layers.detectors.get(record.detector_id).classes
+        geometries, object_classes, areas = read_objects(
+            self.blobs.local_path(key), FORMATS[record.format]
+        )
+        counts = count_zones(zones, geometries, object_classes, areas, classes)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"zones{ZONE_FORMATS[fmt][1]}"
+            write_zone_counts(counts, path, fmt)
+            return path.read_bytes()
 
     def result_key(self, record: ExportRecord) -> str | None:
         """The blob key of the finished export's file, when it has one."""

@@ -5,6 +5,8 @@ every output format read back with GDAL, and bad requests refused before anythin
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +21,12 @@ import morecantile
 import pyogrio
 import pytest
 import shapely
+import shapely.geometry
 from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from pyproj import Transformer
 from rasterio.io import MemoryFile
+from shapely.geometry import box, mapping
 
 from export.run import ExportSource, image_meta, plan_cells, run_export
 from export.sweep import SweepOptions
@@ -167,6 +171,115 @@ def _moved(transformer, xy):
 
     x, y = transformer.transform(xy[:, 0], xy[:, 1])
     return np.column_stack([x, y])
+
+
+def test_counts_per_zone_from_a_finished_export(served, tmp_path):
+    """Zones in, per zone and class counts, density and cover out, as a table (CSV, GeoParquet)
+    and as the zones with columns (GeoPackage read by GDAL's ogrinfo, GeoJSON); objects on the
+    border between two zones count once."""
+    import csv
+    import subprocess
+
+    client, image, detector = served
+    url = f"/api/detectors/{detector['id']}/images/{image['id']}/exports"
+    record = wait_for_export(client, client.post(url, json={"format": "fgb"}).json()["id"])
+    assert record["state"] == "done", record
+    objects_path = tmp_path / "objects.fgb"
+    objects_path.write_bytes(client.get(record["download_url"]).content)
+    west, south, east, north = image["bounds_wgs84"]
+    middle = (west + east) / 2
+    zones = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"name": "west", "count": "clash"},
+             "geometry": mapping(box(west - 0.001, south - 0.001, middle, north + 0.001))},
+            {"type": "Feature", "properties": {"name": "east", "owner": {"id": 7}},
+             "geometry": mapping(box(middle, south - 0.001, east + 0.001, north + 0.001))},
+            {"type": "Feature", "properties": None,
+             "geometry": mapping(box(east + 0.01, south, east + 0.02, north))},
+        ],
+    }  # fmt: skip
+    zone_url = f"/api/exports/{record['id']}/zones"
+
+    # What the counts should be, computed independently with geopandas.
+    frame = geopandas.read_file(objects_path).to_crs("EPSG:4326")
+    points = frame.geometry.representative_point()
+    halves = [shapely.geometry.shape(f["geometry"]) for f in zones["features"]]
+    classes = detector["classes"]
+    expected = {
+        (z, cls): int(((frame["class"] == cls) & points.within(zone)).sum())
+        for z, zone in enumerate(halves)
+        for cls in classes
+    }
+    assert sum(expected.values()) == len(frame) > 20  # each object in exactly one half
+    utm = geopandas.GeoSeries(halves, crs="EPSG:4326").to_crs(frame.estimate_utm_crs())
+
+    response = client.post(f"{zone_url}.csv", json=zones)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == 3 * len(classes)
+    for row in rows:
+        z, cls = int(row["zone"]), row["class"]
+        assert int(row["count"]) == expected[z, cls], row
+        hectares = utm.iloc[z].area / 1e4
+        assert float(row["zone_area_ha"]) == pytest.approx(hectares, rel=0.005)
+        assert float(row["per_ha"]) == pytest.approx(expected[z, cls] / hectares, rel=0.01)
+        mine = frame[(frame["class"] == cls) & points.within(halves[z])]
+        assert float(row["area_m2"]) == pytest.approx(mine["area_m2"].sum(), abs=0.05)
+    assert rows[0]["name"] == "west" and rows[0]["zone_count"] == "clash"
+    assert json.loads(rows[len(classes)]["owner"]) == {"id": 7}
+
+    gpkg = tmp_path / "zones.gpkg"
+    gpkg.write_bytes(client.post(f"{zone_url}.gpkg", json=zones).content)
+    info = subprocess.run(
+        ["ogrinfo", "-ro", "-al", "-so", str(gpkg)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Feature Count: 3" in info
+    for cls in classes:
+        assert f"{cls}_count: Integer" in info and f"{cls}_per_ha: Real" in info
+    layer = geopandas.read_file(gpkg)
+    for z in range(3):
+        for cls in classes:
+            assert layer.iloc[z][f"{cls}_count"] == expected[z, cls]
+    assert list(layer["name"][:2]) == ["west", "east"]
+
+    parquet = tmp_path / "zones.parquet"
+    parquet.write_bytes(client.post(f"{zone_url}.parquet", json=zones).content)
+    table = geopandas.read_parquet(parquet)
+    assert len(table) == 3 * len(classes) and table.crs.to_epsg() == 4326
+    assert table.geometry.iloc[0].equals_exact(halves[0], 1e-9)
+
+    as_geojson = client.post(f"{zone_url}.geojson", json=zones).json()
+    assert [f["properties"]["name"] for f in as_geojson["features"]][:2] == ["west", "east"]
+
+    # What cannot be understood says why; an export without objects yet is a conflict.
+    point_zone = {
+        "type": "FeatureCollection",
+        "features": [
+            zones["features"][0],
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Point", "coordinates": [west, south]},
+            },
+        ],
+    }
+    for body, fmt, status, words in (
+        (point_zone, "csv", 422, "zone 1: a zone must be a Polygon or MultiPolygon"),
+        ({"type": "FeatureCollection", "features": []}, "csv", 422, "no zones"),
+        ([1, 2], "csv", 422, "FeatureCollection"),
+        (zones, "xlsx", 422, "one of csv, parquet, gpkg, geojson"),
+    ):
+        response = client.post(f"{zone_url}.{fmt}", json=body)
+        assert response.status_code == status, response.text
+        assert words in response.json()["detail"]
+    started = client.post(url, json={"format": "gpkg"}).json()
+    client.post(f"/api/exports/{started['id']}/cancel")
+    cancelled = wait_for_export(client, started["id"])
+    if cancelled["state"] == "cancelled":
+        response = client.post(f"/api/exports/{started['id']}/zones.csv", json=zones)
+        assert response.status_code == 409 and "not ready" in response.json()["detail"]
 
 
 def test_a_finished_export_draws_the_zoomed_out_detection_layer(served):

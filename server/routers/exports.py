@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path, Response
 from starlette.concurrency import run_in_threadpool
 
 from catalog.errors import ConflictError
 from export.writers import FORMATS
+from export.zones import ZONE_FORMATS
 from server.auth import Project
 from server.blob_responses import blob_response
 from server.dependencies import get_services
@@ -95,3 +96,31 @@ def download_export(
     return blob_response(
         services.exports.blobs, key, fmt.media_type, f"export-{export_id}{fmt.extension}"
     )
+
+
+@router.post(
+    "/api/exports/{export_id}/zones.{fmt}",
+    response_class=Response,
+    responses={200: {"content": {media: {} for media, _ in ZONE_FORMATS.values()}}},
+    summary="Counts per zone: objects, density per hectare and covered area, per class",
+    description=(
+        "Post zones (fields, parcels, stands) as a GeoJSON FeatureCollection of WGS84 polygons; "
+        "get back, from this finished export's objects, per zone and class: `count`, `per_ha` "
+        "and `area_m2` covered. An object across a zone border counts once, where its "
+        "representative point falls. `csv` and `parquet` (GeoParquet, the zone's polygon): one "
+        "row per zone and class; `gpkg` and `geojson`: the zones with `<class>_count`, "
+        "`<class>_per_ha`, `<class>_area_m2` columns. The zones' own properties are kept "
+        "(prefixed `zone_` where a name clashes). Nothing is stored."
+    ),
+)
+async def zone_counts(
+    export_id: ExportId,
+    fmt: Annotated[str, Path(description="csv, parquet, gpkg or geojson")],
+    services: Annotated[Services, Depends(get_services)],
+    project: Project,
+    zones: Annotated[Any, Body(description="A GeoJSON FeatureCollection of zones (WGS84).")],
+) -> Response:
+    content = await run_in_threadpool(services.exports.zone_counts, export_id, zones, fmt, project)
+    media, extension = ZONE_FORMATS[fmt]
+    disposition = f'attachment; filename="zones-{export_id}{extension}"'
+    return Response(content, media_type=media, headers={"Content-Disposition": disposition})

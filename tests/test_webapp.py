@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -451,6 +452,52 @@ def test_full_workflow(server, browser, page, scene):
     for f in exported["features"]:
         by_class[f["properties"]["class"]] = by_class.get(f["properties"]["class"], 0) + 1
     assert {k: v for k, v in counts.items() if v} == by_class
+
+    # Counts per zone: two zones (the image's west and east halves, with their own names)
+    # uploaded; counted on the map and in a table; the GeoPackage downloaded and read by GDAL.
+    west, south, east, north = image["bounds_wgs84"]
+    middle = (west + east) / 2
+    zones_path = ARTIFACTS / "zones.geojson"
+
+    def ring(a: float, b: float) -> list:
+        return [[a, south], [b, south], [b, north], [a, north], [a, south]]
+
+    zones_path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {"name": name}, "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [ring(a, b)],
+                    }}
+                    for name, a, b in (("west field", west, middle), ("east field", middle, east))
+                ],
+            }
+        )
+    )  # fmt: skip
+    page.set_input_files("#zones-file", str(zones_path))
+    page.wait_for_selector("#zones-table tr[data-zone]")
+    table_rows = page.locator("#zones-table tr[data-zone]")
+    assert table_rows.count() == 2
+    assert table_rows.nth(0).locator("td").nth(0).text_content() == "west field"
+    shown = {
+        cls: sum(int(table_rows.nth(i).locator(f".count-{cls}").text_content()) for i in range(2))
+        for cls in detector["classes"]
+    }
+    assert shown == {cls: by_class.get(cls, 0) for cls in detector["classes"]}  # each once
+    wait_idle(page)
+    shot(page, "06b-zones")
+    with page.expect_download() as info:
+        page.click("[data-zone-format=gpkg]")
+    zones_gpkg = ARTIFACTS / "zones.gpkg"
+    info.value.save_as(zones_gpkg)
+    ogrinfo = subprocess.run(
+        ["ogrinfo", "-ro", "-al", str(zones_gpkg)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Feature Count: 2" in ogrinfo and "west field" in ogrinfo
+    for cls in detector["classes"]:
+        assert f"{cls}_count (Integer" in ogrinfo
 
     # Cancel an export while it runs, then resume it: the cells done are kept.
     page.select_option("#export-format", "fgb")

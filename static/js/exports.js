@@ -1,7 +1,7 @@
 // Export the detections over the image or a drawn AOI: progress per cell, the count per class,
 // and the file to download.
 import { post, poll, withToken } from "./api.js";
-import { $, el, showError, duration } from "./ui.js";
+import { $, el, emit, showError, duration } from "./ui.js";
 import { state } from "./state.js";
 import { drawnAoi } from "./detectors.js";
 
@@ -42,6 +42,7 @@ async function follow(start, format) {
   $("export-download").hidden = true;
   $("export-resume").hidden = true;
   $("export-counts").replaceChildren();
+  emit("export-done", null);
   const button = $("export-button");
   button.disabled = true;
   $("export-progress").hidden = false;
@@ -80,6 +81,7 @@ async function follow(start, format) {
     link.setAttribute("download", `${state.detector.name}-${state.image.name}.${SUFFIX[format]}`.replace(/[^\w.-]+/g, "_"));
     link.textContent = `Download ${format}`;
     link.hidden = false;
+    emit("export-done", exp.id);
   } catch (error) {
     showError("export-error", error);
   } finally {

@@ -7,6 +7,7 @@ import { initTraining } from "./training.js";
 import { initLayers } from "./layers.js";
 import { initExports } from "./exports.js";
 import { initSuggestions } from "./suggestions.js";
+import { initZones } from "./zones.js";
 
 const map = new maplibregl.Map({
   container: "map",
@@ -130,5 +131,6 @@ map.on("load", () => {
   initLayers();
   initExports();
   initSuggestions();
+  initZones();
   loadImages();
 });

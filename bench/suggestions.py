@@ -74,6 +74,13 @@ def cells(scene: Scene, meta: dict) -> list:
     ]
 
 
+def objects_in(scene: Scene, meta: dict, cell) -> int:
+    collection = annotations_from_truth(
+        scene.truth, meta["crs_wkt"], training=[cell], classes=list(scene.classes)
+    )
+    return sum(1 for f in collection["features"] if "class" in f["properties"])
+
+
 def train_and_score(
     scene, meta, grid, training, accuracy, steps, seed, folder
 ) -> tuple[float, dict]:
@@ -125,7 +132,9 @@ def run_scene(scene: Scene, steps: int, seeds: list[int], rounds: int, work: Pat
         rng = np.random.default_rng(1000 + seed)
         order = rng.permutation(len(grid)).tolist()
         accuracy = order[: max(3, len(grid) // 8)]
-        first = order[len(accuracy)]
+        # A user's first training area holds objects: the first cell (in this seed's order)
+        # with at least three.
+        first = next(i for i in order[len(accuracy) :] if objects_in(scene, meta, grid[i]) >= 3)
         start, suggestions = train_and_score(
             scene, meta, grid, [first], accuracy, steps, seed, work / f"{scene.name}-{seed}-0"
         )

@@ -35,6 +35,7 @@ from catalog.models import (
 )
 from scenes.annotations import annotations_from_truth
 from server.app import create_app
+from server.routers.training import ATTACHMENTS
 from server.settings import Settings
 from tests.conftest import dask_processes, start_server, upload, write_rgb_tif, write_scene_tif
 from tests.test_export_seams import GEOREFS
@@ -152,7 +153,7 @@ def assert_consistent(data_dir: Path) -> None:
             folder = f"detectors/{version.detector_id}/{version.id}"
             report = json.loads((blobs / folder / "report.json").read_text())
             assert report["annotation_revision"] == version.annotation_revision
-            owned |= {f"{folder}/report.json", f"{folder}/predictions.geojson"}
+            owned |= {f"{folder}/{name}" for name in ATTACHMENTS}
     stored = (
         {str(p.relative_to(blobs)) for p in (blobs / "detectors").rglob("*") if p.is_file()}
         if (blobs / "detectors").is_dir()

@@ -116,9 +116,13 @@ class Annotations:
             if hit and not own
         ]  # fmt: skip
 
+    def trained_indices(self) -> set[int]:
+        """Feature indices of the labels some training area trains on."""
+        return {label.index for area in self.training for label in self.labels_in(area)}
+
     def used_labels(self) -> int:
         """Labels some training area trains on."""
-        return len({label.index for area in self.training for label in self.labels_in(area)})
+        return len(self.trained_indices())
 
     def counts(self) -> dict[str, int]:
         """Labels per class, classes in alphabetical order."""
@@ -514,7 +518,7 @@ def label_warnings(annotations: Annotations) -> tuple[AnnotationWarning, ...]:
     accuracy = _covered(anchors, [a.geometry for a in annotations.accuracy])
     testing = _covered(anchors, [a.geometry for a in annotations.testing])
     training_union = shapely.union_all(training) if training else Polygon()
-    trains = {label.index for area in annotations.training for label in annotations.labels_in(area)}
+    trains = annotations.trained_indices()
     warnings = []
     for label, scored, tested in zip(labels, accuracy, testing, strict=True):
         where = _prefix(label.index, label.feature_id)

@@ -69,6 +69,9 @@ class ProjectRecord(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # This project's own limits over the server's (catalog.quotas.ProjectLimits field -> value,
+    # None: no limit); null: the server's settings.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKeyRecord(Base):

@@ -22,7 +22,7 @@ from server.middleware import (
     TileScaleSuffixMiddleware,
 )
 from server.openapi import install_openapi
-from server.routers import detections, exports, imagery, images, training, wmts
+from server.routers import detections, exports, imagery, images, projects, training, wmts
 from server.services import build_services
 from server.settings import Settings
 from server.uploads import remove_orphan_uploads
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("resuming %d unfinished export(s): %s", len(resumed), resumed)
         app.state.runner = BackgroundRunner(settings.ingest_workers)
         app.state.authenticator = Authenticator(
-            services.keys, settings.auth, settings.auth_cache_seconds
+            services.keys, settings.auth, settings.auth_cache_seconds, services.quotas
         )
         if settings.auth:
             redact_access_log()
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(exports.router, dependencies=scoped)
     app.include_router(training.router, dependencies=scoped)
     app.include_router(wmts.router, dependencies=scoped)
+    app.include_router(projects.router, dependencies=scoped)
 
     @app.get("/healthz", tags=["service"], summary="200 once the server is ready")
     def healthz() -> dict:

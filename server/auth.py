@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from catalog.errors import AuthenticationError
 from catalog.models import DEFAULT_PROJECT
 from catalog.projects import ApiKeyStore, hash_token
+from catalog.quotas import Quotas, RateLimitedError
+from server.ratelimit import BURST_FRACTION, RateLimiter
 
 TOKEN_PARAM = "token"
 _TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"]+")
@@ -32,11 +34,16 @@ class MissingTokenError(AuthenticationError):
 
 class Authenticator:
     """Token -> project, remembering keys it checked for `ttl` seconds so that tiles do not
-    query the database each; a revoked key stops working within that time."""
+    query the database each; a revoked key stops working within that time. Each request is
+    also one of its key's requests per minute (the project's limit, catalog.quotas)."""
 
-    def __init__(self, keys: ApiKeyStore, enabled: bool, ttl: float) -> None:
+    def __init__(
+        self, keys: ApiKeyStore, enabled: bool, ttl: float, quotas: Quotas | None = None
+    ) -> None:
         self.keys = keys
         self.enabled = enabled
+        self.quotas = quotas
+        self.rate = RateLimiter()
         self._known: TTLCache[str, str] | None = (
             TTLCache(maxsize=4096, ttl=ttl) if ttl > 0 else None
         )
@@ -44,6 +51,7 @@ class Authenticator:
 
     async def project_of(self, request: Request) -> str:
         if not self.enabled:
+            await self._within_rate(DEFAULT_PROJECT, DEFAULT_PROJECT, "this server")
             return DEFAULT_PROJECT
         token = request_token(request)
         if token is None:
@@ -53,16 +61,36 @@ class Authenticator:
                 "`tiledetect keys create --project NAME`)"
             )
         digest = hash_token(token)
+        project = None
         if self._known is not None:
             with self._lock:
                 project = self._known.get(digest)
-            if project is not None:
-                return project
-        project = await run_in_threadpool(self.keys.authenticate, token)
-        if self._known is not None:
-            with self._lock:
-                self._known[digest] = project
+        if project is None:
+            project = await run_in_threadpool(self.keys.authenticate, token)
+            if self._known is not None:
+                with self._lock:
+                    self._known[digest] = project
+        await self._within_rate(project, digest, f"the API key {token[:12]}...")
         return project
+
+    async def _within_rate(self, project: str, key: str, who: str) -> None:
+        if self.quotas is None:
+            return
+        limits = self.quotas.cached_limits(project)
+        if limits is None:
+            limits = await run_in_threadpool(self.quotas.limits, project)
+        per_minute = limits.requests_per_minute
+        if not per_minute:
+            return
+        wait = self.rate.take(key, per_minute)
+        if wait > 0:
+            raise RateLimitedError(
+                f"{who} sent more than its project's {per_minute} requests per minute "
+                f"(bursts of {max(1, int(per_minute * BURST_FRACTION))}): retry in "
+                f"{wait:.1f} s",
+                per_minute,
+                wait,
+            )
 
 
 def request_token(request: Request) -> str | None:

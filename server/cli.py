@@ -417,6 +417,135 @@ def projects_list(data_dir: DataDir = None) -> None:
         services.close()
 
 
+def _project_report(services: Services, record) -> dict:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "limits": services.quotas.limits(record.id).as_dict(),
+        "own_limits": services.quotas.overrides(record.id),
+        "usage": services.quotas.usage(record.id).as_dict(),
+    }
+
+
+@projects_app.command("usage")
+def projects_usage(
+    project: Annotated[str, typer.Argument(help="Project name or id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """A project's usage (storage, jobs running, objects exported) and limits, as JSON.
+    Limits are those of this command's settings (run it with the server's environment)."""
+    services = build_services(_settings(data_dir))
+    try:
+        record = services.projects.resolve(project)
+        typer.echo(json.dumps(_project_report(services, record)))
+    except TileDetectError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+
+
+_LIMIT_HELP = "N, 'none' (no limit) or 'default' (the server's settings)"
+_SIZE_HELP = "a size (500GB, 2TiB, 1e9), 'none' (no limit) or 'default' (the server's settings)"
+_DEFAULT = object()  # the option asks for the server's setting again
+
+
+@projects_app.command("limits")
+def projects_limits(
+    project: Annotated[str, typer.Argument(help="Project name or id.")],
+    trainings: Annotated[
+        str | None, typer.Option(help=f"Trainings at once: {_LIMIT_HELP}.", show_default=False)
+    ] = None,
+    exports: Annotated[
+        str | None, typer.Option(help=f"Exports at once: {_LIMIT_HELP}.", show_default=False)
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help=f"Bytes stored: {_SIZE_HELP}.", show_default=False)
+    ] = None,
+    upload: Annotated[
+        str | None, typer.Option(help=f"Largest upload: {_SIZE_HELP}.", show_default=False)
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(help=f"Requests per minute per key: {_LIMIT_HELP}.", show_default=False),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option(help="Drop all of the project's own limits first.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Set one project's own limits over the server's settings; prints them with its usage.
+    A running server sees the change within TILEDETECT_AUTH_CACHE_SECONDS."""
+    asked = {
+        "trainings": (trainings, False),
+        "exports": (exports, False),
+        "storage_bytes": (storage, True),
+        "upload_bytes": (upload, True),
+        "requests_per_minute": (rate, False),
+    }
+    try:
+        parsed = {
+            name: _limit_value(text, size)
+            for name, (text, size) in asked.items()
+            if text is not None
+        }
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=2) from exc
+    services = build_services(_settings(data_dir))
+    try:
+        record = services.projects.resolve(project)
+        own = {} if reset else services.quotas.overrides(record.id)
+        own |= {k: v for k, v in parsed.items() if v is not _DEFAULT}
+        for name, value in parsed.items():
+            if value is _DEFAULT:
+                own.pop(name, None)
+        services.quotas.set_limits(record.id, own, reset=True)
+        typer.echo(json.dumps(_project_report(services, record)))
+    except TileDetectError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        services.close()
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def _limit_value(text: str, size: bool):
+    """'none' -> None (no limit), 'default' -> _DEFAULT, else a whole number (sizes with a
+    unit); ValueError naming what was wrong."""
+    word = text.strip().lower()
+    if word in ("none", "off", "unlimited"):
+        return None
+    if word == "default":
+        return _DEFAULT
+    number, unit = word, ""
+    if size:
+        digits = word.rstrip("abcdefghijklmnopqrstuvwxyz ")
+        number, unit = digits, word[len(digits) :].strip()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"{text!r} is not {'a size' if size else 'a whole number'}, 'none' or 'default'"
+        ) from None
+    if value < 0 or value != value or value == float("inf") or (not size and value % 1):
+        raise ValueError(f"{text!r}: use a whole number of zero or more")
+    return int(value)
+
+
 keys_app = typer.Typer(
     help="API keys of projects (sent as 'Authorization: Bearer <token>' or '?token=').",
     no_args_is_help=True,

@@ -25,6 +25,7 @@ from catalog.errors import (
     NotFoundError,
     RemoteCogRefusedError,
 )
+from catalog.quotas import LimitExceededError, RateLimitedError, UploadTooLargeError
 from export.run import ExportInputError
 from export.writers import UnknownFormatError
 from inference.errors import IncompatibleImageError, InvalidDetectorError
@@ -116,6 +117,18 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    @app.exception_handler(LimitExceededError)
+    async def _over_a_limit(_request, exc: LimitExceededError):
+        # The body names the limit and the use beside the words, for clients that act on it.
+        headers = {}
+        code = status.HTTP_403_FORBIDDEN
+        if isinstance(exc, UploadTooLargeError):
+            code = status.HTTP_413_CONTENT_TOO_LARGE
+        elif isinstance(exc, RateLimitedError):
+            code = status.HTTP_429_TOO_MANY_REQUESTS
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return JSONResponse(exc.as_dict(), status_code=code, headers=headers)
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request, exc: UploadError):

@@ -27,6 +27,7 @@ from catalog.images import ImageCatalog
 from catalog.models import ExportRecord, ExportState, utcnow
 from catalog.owners import process_owner
 from catalog.projects import owner
+from catalog.quotas import Quotas
 from export.cell_task import CellJob
 from export.cluster import connect
 from export.run import (
@@ -66,8 +67,10 @@ class ExportService:
         images: ImageCatalog,
         layers: DetectionLayers,
         blobs: BlobStore,
+        quotas: Quotas,
     ) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.store = store
         self.images = images
         self.layers = layers
@@ -104,16 +107,18 @@ class ExportService:
         layer = self.layers.layer(detector_id, image_id, version, project)
         image = self.images.get(image_id)
         aoi_in_image_crs(aoi, image.meta)
-        record = self.store.create(
-            project_id=owner(self.layers.detectors.get(detector_id).project_id),
-            detector_id=detector_id,
-            version_id=layer.version_id,
-            version_number=self.layers.detectors.version(detector_id, version).number,
-            image_id=image_id,
-            format=output.name,
-            crs=crs,
-            aoi=aoi,
-        )
+        project_id = owner(self.layers.detectors.get(detector_id).project_id)
+        with self.quotas.admit(project_id, "export"):
+            record = self.store.create(
+                project_id=project_id,
+                detector_id=detector_id,
+                version_id=layer.version_id,
+                version_number=self.layers.detectors.version(detector_id, version).number,
+                image_id=image_id,
+                format=output.name,
+                crs=crs,
+                aoi=aoi,
+            )
         self._launch(record.id)
         return record  # as stored: a second read that a database outage failed would hide it
 
@@ -148,8 +153,11 @@ class ExportService:
             orphan = self.store.orphaned(record, self.settings.export_lease_s)
             if mine or (orphan and self.store.claim(record)):
                 self._launch(export_id)
-        elif self.store.reopen(export_id):
-            self._launch(export_id)
+        else:
+            with self.quotas.admit(owner(record.project_id), "export"):  # running again
+                reopened = self.store.reopen(export_id)
+            if reopened:
+                self._launch(export_id)
         return self.store.get(export_id)
 
     def resume_unfinished(self, *, startup: bool = True) -> list[str]:

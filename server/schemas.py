@@ -235,3 +235,32 @@ class TrainRequest(BaseModel):
     steps: int | None = Field(
         None, ge=1, le=100_000, description="Train exactly this many steps instead (repeatable)."
     )
+
+
+class ProjectLimitsOut(BaseModel):
+    """A project's limits; null: no limit."""
+
+    trainings: int | None = Field(None, description="Trainings queued or running at once")
+    exports: int | None = Field(None, description="Exports queued or running at once")
+    storage_bytes: int | None = Field(None, description="COGs, detector models, export results")
+    upload_bytes: int | None = Field(None, description="One image upload (within the server's)")
+    requests_per_minute: int | None = Field(None, description="Per API key")
+
+
+class ProjectUsageOut(BaseModel):
+    images: int
+    image_bytes: int = Field(description="Ready COGs, and uploads still being ingested")
+    model_bytes: int = Field(description="Every detector version's ONNX file")
+    export_bytes: int = Field(description="Finished export results")
+    storage_bytes: int = Field(description="The three above: what the storage limit counts")
+    trainings_running: int
+    exports_running: int
+    exports_finished: int
+    objects_exported: int = Field(description="Objects in every finished export")
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    limits: ProjectLimitsOut
+    usage: ProjectUsageOut

@@ -13,6 +13,7 @@ from catalog.images import ImageCatalog
 from catalog.ingest import Ingestor
 from catalog.jobs import JobStore
 from catalog.projects import ApiKeyStore, ProjectStore
+from catalog.quotas import Quotas
 from catalog.remote import RemoteCogs
 from inference.cache import ProbabilityCache, RenderedTileCache
 from inference.engine import DetectionEngine
@@ -40,6 +41,7 @@ class Services:
     training: TrainingService
     projects: ProjectStore
     keys: ApiKeyStore
+    quotas: Quotas
 
     def close(self) -> None:
         self.exports.close()
@@ -89,9 +91,10 @@ def build_services(settings: Settings) -> Services:
         max_wait_s=settings.detection_batch_wait_ms / 1000,
     )
     layers = DetectionLayers(images, detectors)
-    exports = ExportService(settings, ExportStore(db), images, layers, blobs)
+    quotas = Quotas(db, settings.project_limits(), settings.auth_cache_seconds)
+    exports = ExportService(settings, ExportStore(db), images, layers, blobs, quotas)
     training = TrainingService(
-        settings, detectors, AnnotationStore(db), images, jobs, layers, exports, blobs
+        settings, detectors, AnnotationStore(db), images, jobs, layers, exports, blobs, quotas
     )
     return Services(
         settings=settings,
@@ -108,4 +111,5 @@ def build_services(settings: Settings) -> Services:
         training=training,
         projects=projects,
         keys=ApiKeyStore(db),
+        quotas=quotas,
     )

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog.db import OUTAGE_WAIT_S
+from catalog.quotas import ProjectLimits
 
 # static/ sits beside the packages in a checkout; an installed copy (Docker) names its own.
 _CHECKOUT_STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -67,6 +68,29 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long a checked API key is trusted before it is checked again."
     )
 
+    # Per-project limits (catalog.quotas): unset, none with auth off (one user's server) and
+    # the value in brackets with auth on; 0, no limit. `tiledetect projects limits` overrides
+    # them for one project.
+    project_trainings: int | None = Field(
+        None, ge=0, description="Trainings a project runs at once (auth on: 2)."
+    )
+    project_exports: int | None = Field(
+        None, ge=0, description="Exports a project runs at once (auth on: 4)."
+    )
+    project_storage_bytes: int | None = Field(
+        None, ge=0, description="Bytes a project stores: COGs, models, exports (auth on: 500 GiB)."
+    )
+    project_upload_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Largest image upload of a project, within max_upload_bytes (auth on: that).",
+    )
+    project_requests_per_minute: int | None = Field(
+        None,
+        ge=0,
+        description="Requests per minute per API key, bursts of a quarter of it (auth on: 6000).",
+    )
+
     detection_cache_bytes: int = Field(
         512 * 1024**2, description="Memory for cached detection probabilities, in bytes."
     )
@@ -94,6 +118,21 @@ class Settings(BaseSettings):
         description="A server process renews its exports' lease 4 times per period; another "
         "process (a replica) adopts an export whose lease has lapsed this long.",
     )
+
+    def project_limits(self) -> ProjectLimits:
+        """Every project's limits unless `tiledetect projects limits` says otherwise."""
+        shared = {
+            "trainings": (self.project_trainings, 2),
+            "exports": (self.project_exports, 4),
+            "storage_bytes": (self.project_storage_bytes, 500 * 1024**3),
+            "upload_bytes": (self.project_upload_bytes, None),
+            "requests_per_minute": (self.project_requests_per_minute, 6000),
+        }
+        chosen = {
+            name: (value or None) if value is not None else (default if self.auth else None)
+            for name, (value, default) in shared.items()
+        }
+        return ProjectLimits(**chosen)
 
     def dask_resources(self) -> dict[str, float] | None:
         """`dask_cell_resources` ('GPU=1,MEM=4e9') as Dask's resources mapping."""

@@ -23,6 +23,7 @@ from catalog.jobs import TRAIN_JOB, JobStore
 from catalog.models import DEFAULT_PROJECT, DetectorRecord, JobRecord, JobStatus
 from catalog.names import check_name
 from catalog.projects import owner
+from catalog.quotas import Quotas
 from inference.reading import check_bands
 from inference.session import load_detector
 from server.detection_layers import DetectionLayers
@@ -55,6 +56,7 @@ class TrainingService:
         layers: DetectionLayers,
         exports: ExportService,  # owns the Dask client that training shares
         blobs: BlobStore,
+        quotas: Quotas,
     ) -> None:
         self.settings = settings
         self.detectors = detectors
@@ -64,6 +66,7 @@ class TrainingService:
         self.layers = layers
         self.exports = exports
         self.blobs = blobs
+        self.quotas = quotas
         self._threads: dict[str, threading.Thread] = {}
 
     def create_detector(
@@ -240,12 +243,13 @@ class TrainingService:
             seconds=seconds,
             steps=steps,
         )
-        job = self.jobs.create(
-            TRAIN_JOB,
-            detector_id=detector_id,
-            message="queued",
-            project=owner(detector.project_id),
-        )
+        with self.quotas.admit(owner(detector.project_id), "training"):
+            job = self.jobs.create(
+                TRAIN_JOB,
+                detector_id=detector_id,
+                message="queued",
+                project=owner(detector.project_id),
+            )
         options = self.blobs.gdal_options()
         for source in sources.values():
             options |= gdal_options_for_path(source.cog_path)

@@ -19,6 +19,9 @@ from server.errors import UploadError
 _SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
 
 
+MULTIPART_SLACK = 64 * 1024  # a form's own bytes (boundaries, headers) beside the file's
+
+
 @dataclass
 class Upload:
     filename: str
@@ -26,8 +29,15 @@ class Upload:
     size: int
 
 
-async def receive_file(request: Request, upload_dir: Path, field: str, max_bytes: int) -> Upload:
-    """Write the multipart field `field` to a new file in `upload_dir` and return it."""
+async def receive_file(
+    request: Request,
+    upload_dir: Path,
+    field: str,
+    max_bytes: int,
+    limit_name: str = "TILEDETECT_MAX_UPLOAD_BYTES",
+) -> Upload:
+    """Write the multipart field `field` to a new file in `upload_dir` and return it; a body
+    over `max_bytes` is refused (413) naming `limit_name`, as soon as it is known."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UploadError(
@@ -35,17 +45,17 @@ async def receive_file(request: Request, upload_dir: Path, field: str, max_bytes
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise UploadError(_too_large(max_bytes), status.HTTP_413_CONTENT_TOO_LARGE)
+    if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_SLACK:
+        raise UploadError(_too_large(max_bytes, limit_name), status.HTTP_413_CONTENT_TOO_LARGE)
 
     # A private directory per request: an aborted body leaves parts the parser never handed over.
     incoming = upload_dir / f".incoming-{_owner_tag()}-{uuid.uuid4().hex}"
     incoming.mkdir(parents=True)
     try:
-        part = await _parse_single_file(request, incoming, field, max_bytes)
+        part = await _parse_single_file(request, incoming, field, max_bytes, limit_name)
         filename = _clean_filename(part.file_name)
         if part.size > max_bytes:
-            raise UploadError(_too_large(max_bytes), status.HTTP_413_CONTENT_TOO_LARGE)
+            raise UploadError(_too_large(max_bytes, limit_name), status.HTTP_413_CONTENT_TOO_LARGE)
         if part.size == 0:
             raise UploadError("the uploaded file is empty")
         final = upload_dir / f"{_owner_tag()}-{uuid.uuid4().hex}.upload"
@@ -55,7 +65,9 @@ async def receive_file(request: Request, upload_dir: Path, field: str, max_bytes
         shutil.rmtree(incoming, ignore_errors=True)
 
 
-async def _parse_single_file(request: Request, incoming: Path, field: str, max_bytes: int):
+async def _parse_single_file(
+    request: Request, incoming: Path, field: str, max_bytes: int, limit_name: str
+):
     files: list = []
     _, options = parse_options_header(request.headers.get("content-type", ""))
     parser = FormParser(
@@ -73,8 +85,10 @@ async def _parse_single_file(request: Request, incoming: Path, field: str, max_b
     try:
         async for chunk in request.stream():
             received += len(chunk)
-            if received > max_bytes + 64 * 1024:
-                raise UploadError(_too_large(max_bytes), status.HTTP_413_CONTENT_TOO_LARGE)
+            if received > max_bytes + MULTIPART_SLACK:
+                raise UploadError(
+                    _too_large(max_bytes, limit_name), status.HTTP_413_CONTENT_TOO_LARGE
+                )
             parser.write(chunk)
         parser.finalize()
     except UploadError:
@@ -132,5 +146,5 @@ def _clean_filename(raw: bytes | None) -> str:
     return name
 
 
-def _too_large(max_bytes: int) -> str:
-    return f"the upload is larger than the limit of {max_bytes} bytes (TILEDETECT_MAX_UPLOAD_BYTES)"
+def _too_large(max_bytes: int, limit_name: str) -> str:
+    return f"the upload is larger than the limit of {max_bytes} bytes ({limit_name})"

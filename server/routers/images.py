@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from catalog.ingest import IngestTicket
 from server.auth import Project
 from server.dependencies import get_services
 from server.schemas import ImageOut, IngestAccepted, JobOut, RemoteImageRequest
 from server.services import Services
-from server.uploads import receive_file
+from server.uploads import MULTIPART_SLACK, receive_file
 
 router = APIRouter(prefix="/api/images", tags=["images"])
 
@@ -45,12 +46,28 @@ async def upload_image(
     name: Annotated[str | None, Query(max_length=255, description="Display name")] = None,
 ) -> IngestAccepted:
     settings = services.settings
-    upload = await receive_file(request, settings.upload_dir, "file", settings.max_upload_bytes)
-    ticket = await run_in_threadpool(
-        lambda: services.ingestor.submit(
-            upload.path, name or upload.filename, remove_source=True, project=project
+    limits = await run_in_threadpool(services.quotas.limits, project)
+    max_bytes, limit_name = settings.max_upload_bytes, "TILEDETECT_MAX_UPLOAD_BYTES"
+    if limits.upload_bytes is not None and limits.upload_bytes < max_bytes:
+        max_bytes, limit_name = limits.upload_bytes, "the project's upload size limit"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():  # refused before a byte is stored (the form's own bytes allowed for)
+        await run_in_threadpool(
+            services.quotas.check_upload_size, project, int(declared), MULTIPART_SLACK
         )
-    )
+    upload = await receive_file(request, settings.upload_dir, "file", max_bytes, limit_name)
+
+    def record() -> IngestTicket:
+        try:
+            with services.quotas.admit(project, "upload", upload.size):
+                return services.ingestor.submit(
+                    upload.path, name or upload.filename, remove_source=True, project=project
+                )
+        except Exception:
+            upload.path.unlink(missing_ok=True)  # refused or not recorded: nothing is kept
+            raise
+
+    ticket = await run_in_threadpool(record)
     request.app.state.runner.submit(services.ingestor.run, ticket)
     # The records as stored: no second read that a database outage could turn into a 503 for
     # an upload already accepted.

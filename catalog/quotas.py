@@ -20,8 +20,9 @@ from typing import Any
 
 from cachetools import TTLCache
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
-from catalog.db import Database
+from catalog.db import Database, is_unavailable
 from catalog.jobs import TRAIN_JOB
 from catalog.models import (
     DEFAULT_PROJECT,
@@ -135,6 +136,7 @@ class Quotas:
         self._cached: TTLCache[str, ProjectLimits] = TTLCache(
             maxsize=4096, ttl=max(cache_seconds, 1e-3)
         )
+        self._last_known: dict[str, ProjectLimits] = {}
         self._cache_lock = threading.Lock()
         # One admission at a time in this process: two requests cannot both take the last slot.
         self._admitting = threading.Lock()
@@ -147,14 +149,28 @@ class Quotas:
             overrides = record.limits if record is not None else None
         limits = self.defaults.with_overrides(overrides)
         with self._cache_lock:
-            self._cached[project] = limits
+            self._cached[project] = self._last_known[project] = limits
         return limits
 
     def cached_limits(self, project: str) -> ProjectLimits | None:
-        """What `limits` last said for the project within the cache time, or None (per request
-        checks, such as the rate, must not query the database for every tile)."""
+        """What `limits` said within the cache time, without a query (None if nothing)."""
         with self._cache_lock:
             return self._cached.get(project)
+
+    def request_limits(self, project: str) -> ProjectLimits:
+        """Limits for checks made on every request (the rate): what `limits` said within the
+        cache time, so tiles do not query the database each; while the database is unavailable,
+        the last known ones (or the settings'), so tiles that can be served still are."""
+        limits = self.cached_limits(project)
+        if limits is not None:
+            return limits
+        try:
+            return self.limits(project)
+        except DBAPIError as exc:
+            if not is_unavailable(exc):
+                raise
+            with self._cache_lock:
+                return self._last_known.get(project, self.defaults)
 
     def set_limits(self, project: str, changes: dict[str, int | None], reset: bool = False):
         """Override limits of one project (None: no limit); `reset` drops its overrides first,

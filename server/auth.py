@@ -76,9 +76,9 @@ class Authenticator:
     async def _within_rate(self, project: str, key: str, who: str) -> None:
         if self.quotas is None:
             return
-        limits = self.quotas.cached_limits(project)
+        limits = self.quotas.cached_limits(project)  # no thread hop for most tiles
         if limits is None:
-            limits = await run_in_threadpool(self.quotas.limits, project)
+            limits = await run_in_threadpool(self.quotas.request_limits, project)
         per_minute = limits.requests_per_minute
         if not per_minute:
             return

@@ -235,3 +235,31 @@ def test_cache_headers_and_conditional_requests(client, rgb_image):
     assert "etag" in tilejson.headers
     listing = client.get("/api/images")
     assert "etag" not in listing.headers
+
+
+@pytest.mark.parametrize("tms_id", ["WebMercatorQuad", "WorldCRS84Quad", "UPSArcticWGS84Quad"])
+def test_band_subsets_and_expressions_are_the_bands_of_the_whole_tile(client, rgb_image, tms_id):
+    """bidx= and expression= tiles read every band and pick or combine them (tiles.reader): the
+    same pixels as the bands of the all-band tile, at zoom 0 too, where GDAL's warper once
+    served a band subset from full resolution for over a minute (bench/fuzz_api.py found it)."""
+    tms = morecantile.tms.get(tms_id)
+    degrees_per_metre = 1 / 111_320 if tms.rasterio_crs.is_geographic else 1.0
+    native = tms.zoom_for_res(rgb_image["gsd"] * degrees_per_metre)
+    for zoom in (0, native - 4, native):
+        tile = centre_tile(rgb_image, zoom, tms)
+        base = f"/api/images/{rgb_image['id']}/tiles/{tms_id}/{tile.z}/{tile.x}/{tile.y}.tif"
+        whole = client.get(base)
+        assert whole.status_code == 200, whole.text
+        bands, _ = decode(whole.content)  # R, G, B and the mask
+        inside = bands[3] > 0
+        assert inside.any() or zoom == 0  # at zoom 0 the image is below one pixel
+        picked = client.get(base, params=[("bidx", 3), ("bidx", 1)])
+        assert picked.status_code == 200, picked.text
+        np.testing.assert_array_equal(decode(picked.content)[0], bands[[2, 0, 3]])
+        ratio = client.get(base, params={"expression": "b1/(b2+1)"})
+        assert ratio.status_code == 200, ratio.text
+        expected = bands[0].astype(np.float64) / (bands[1].astype(np.float64) + 1)
+        values = decode(ratio.content)[0][0]
+        np.testing.assert_allclose(values[inside], expected[inside], rtol=1e-6)
+    missing = client.get(base, params={"expression": "b1/b7"})
+    assert missing.status_code == 400 and "band 7 does not exist" in missing.text

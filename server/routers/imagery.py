@@ -12,12 +12,12 @@ from fastapi import Depends, Path, Request
 from morecantile.errors import InvalidZoomError
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
-from rio_tiler.io import Reader
 from starlette.concurrency import run_in_threadpool
 from titiler.core.factory import TilerFactory
 from titiler.extensions.wmts import wmtsExtension
 
 from server.dependencies import image_cog_path
+from tiles.reader import ImageReader
 from tiles.requests import (
     check_algorithm_params,
     check_band_indexes,
@@ -194,7 +194,7 @@ def _number(raw: str | None) -> float | None:
 
 def imagery_factory() -> TilerFactory:
     return TilerFactory(
-        reader=Reader,
+        reader=ImageReader,
         path_dependency=image_cog_path,
         router_prefix=IMAGE_PREFIX,
         add_viewer=False,  # titiler's viewer loads its scripts from a CDN; static/ has ours

@@ -582,6 +582,29 @@ def test_reload_keeps_annotations_and_errors_are_shown(server, browser, page, sc
     wait_saved(page)
     assert page.locator("#annotations-warnings").is_hidden()
 
+    # Saves land in the order they were made. The first save's request is held back 1.5 s in
+    # the browser (as on a slow link or a busy server); an undo made meanwhile is sent after it,
+    # not beside it, and "saved" shows once both are stored: the label stays deleted.
+    page.evaluate(
+        """() => {
+            const real = window.fetch;
+            window.fetch = async (url, options) => {
+                if (options && options.method === "PUT" && !window.heldOnce) {
+                    window.heldOnce = true;
+                    await new Promise((resolve) => setTimeout(resolve, 1500));
+                }
+                return real(url, options);
+            };
+        }"""
+    )
+    draw_rectangle(page, image, (0.2, 0.2), (0.25, 0.25))
+    page.wait_for_function("() => document.getElementById('save-state').textContent === 'saving…'")
+    page.click("#undo-button")
+    wait_saved(page)
+    page.wait_for_timeout(2000)  # past the held request, had it been sent beside the undo's
+    assert annotations(server, detector["id"]) == []
+    assert page.text_content("#save-state") == "saved ✓"
+
     # An accuracy area over a training area cannot be understood: refused, the app says why
     # and selects it, and nothing is stored.
     page.select_option("#draw-role", "training_area")

@@ -207,15 +207,38 @@ function scheduleSave() {
   saveTimer = setTimeout(flush, 400);
 }
 
+// One save at a time, so saves land in the order they were made: two PUTs in flight at once
+// could be applied the other way round on a busy server, and an edit (a delete) would be lost.
+let saving = null;
+let saveAgain = false;
+
 async function flush() {
-  if (!saveTimer || !state.detector) return;
-  clearTimeout(saveTimer);
-  saveTimer = null;
+  if (saveTimer && state.detector) {
+    clearTimeout(saveTimer);
+    saveTimer = null;
+    if (saving) saveAgain = true; // the save in flight sends the newer state once it is done
+    else saving = saveInOrder().finally(() => { saving = null; });
+  }
+  if (saving) await saving;
+}
+
+async function saveInOrder() {
+  do {
+    saveAgain = false;
+    await saveOnce();
+  } while (saveAgain && state.detector);
+}
+
+async function saveOnce() {
   const body = collection();
   const status = $("save-state");
   status.textContent = "saving…";
   try {
     const saved = await put(`/api/detectors/${state.detector.id}/annotations`, body);
+    if (saveAgain || saveTimer) {
+      status.textContent = "unsaved…"; // newer edits are saved next: "saved" only when all are
+      return;
+    }
     status.textContent = saved.warnings?.length ? `saved, ${saved.warnings.length} warning(s)` : "saved ✓";
     status.className = "save-state ok";
     showError("annotations-error", null);

@@ -106,8 +106,8 @@ def render_overlay(layer: Layer, mosaic: Mosaic | None, request: TileRequest) ->
     size = request.size
     rgba = np.zeros((4, size, size), np.uint8)
     if mosaic is not None:
-        probabilities = _warp_to_tile(mosaic, request)
         spec = layer.spec
+        probabilities = _warp_to_tile(mosaic, request, spec.class_channels)
         best = probabilities.argmax(axis=0)
         score = probabilities.max(axis=0)
         shown = (best > 0) & (score >= spec.score_threshold)
@@ -165,14 +165,15 @@ def objects_of_tile(
     return kept
 
 
-def _warp_to_tile(mosaic: Mosaic, request: TileRequest) -> np.ndarray:
+def _warp_to_tile(mosaic: Mosaic, request: TileRequest, class_channels: int) -> np.ndarray:
     bounds = request.tms.xy_bounds(request.tile)
     size = request.size
     from rasterio.transform import from_bounds
 
-    destination = np.zeros((mosaic.probabilities.shape[0], size, size), np.float32)
+    classes = mosaic.probabilities[:class_channels]  # box distances are not shown
+    destination = np.zeros((classes.shape[0], size, size), np.float32)
     reproject(
-        mosaic.probabilities,
+        classes,
         destination,
         src_transform=mosaic.transform,
         src_crs=mosaic.crs,

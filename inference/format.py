@@ -6,11 +6,15 @@ Key names follow the Deepness QGIS plugin so its models load here too (values ar
 `standardization_mean` / `standardization_std` (per band, applied after scaling 0..255 to 0..1),
 `seg_thresh` / `det_conf` (score threshold), `seg_small_segment` (px). tiledetect adds keys under
 `tiledetect_` (input bands, minimum object area, colours, a name, and `expand_ratio`: how much
-a detector trained on object cores grows each object it finds, and `output_shape`: "box" for a
-detector trained on box labels, whose objects are returned as boxes, else "polygon").
+a detector trained on object cores grows each object it finds, `output_shape`: "box" for a
+detector trained on box labels, whose objects are returned as boxes, else "polygon", and
+`box_regression`: the model has a second output with each pixel's object box).
 
 The model takes float32 NCHW (N, bands, H, W) and returns per-class probabilities
-(N, classes, H, W), class 0 being background, as Deepness segmentors do.
+(N, classes, H, W), class 0 being background, as Deepness segmentors do. A box-regression
+detector also returns `boxes` (N, 4, H, W): per pixel, the distances in pixels from its centre to
+the top, left, bottom and right edges of the box of the object it belongs to (FCOS's encoding);
+inference carries them as 4 channels after the classes (`DetectorSpec.channels`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from inference.errors import InvalidDetectorError
 REQUIRED_KEYS = ("model_type", "class_names", "resolution")
 SUPPORTED_MODEL_TYPES = ("Segmentor",)
 MAX_EXPAND_RATIO = 4.0  # grows a disc's radius 3x: beyond that a core says little of the object
+BOX_CHANNELS = 4  # a box-regression detector's distances: top, left, bottom, right
 OUTPUT_SHAPES = ("polygon", "box")  # what objects come back as (DetectorSpec.output_shape)
 DEFAULT_COLORS = ("#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#ec4899")
 
@@ -58,6 +63,19 @@ class DetectorSpec:
     # "box": objects come back as their axis-aligned bounding boxes (in the image's pixel grid),
     # as users who labelled boxes expect (Picterra's box detectors); "polygon": as outlines.
     output_shape: str = "polygon"
+    # The model also regresses each pixel's object box (a second output, see the module
+    # docstring); objects are then the boxes their pixels agree on (inference.objects).
+    box_regression: bool = False
+
+    @property
+    def class_channels(self) -> int:
+        """Channels of class probabilities, background included."""
+        return 1 + len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        """Channels inference carries per pixel: the classes, then any box distances."""
+        return self.class_channels + (BOX_CHANNELS if self.box_regression else 0)
 
     @property
     def core_size(self) -> int:
@@ -86,6 +104,7 @@ class DetectorSpec:
             "region_chunk_px": self.region_chunk_px,
             "expand_ratio": self.expand_ratio,
             "output_shape": self.output_shape,
+            "box_regression": self.box_regression,
         }
 
 
@@ -112,6 +131,7 @@ def spec_to_metadata(spec: DetectorSpec) -> dict[str, str]:
         "tiledetect_region_chunk_px": spec.region_chunk_px,
         "tiledetect_expand_ratio": spec.expand_ratio,
         "tiledetect_output_shape": spec.output_shape,
+        "tiledetect_box_regression": spec.box_regression,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
@@ -169,6 +189,13 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
             f"tiledetect_output_shape must be one of {', '.join(OUTPUT_SHAPES)}, "
             f"not {output_shape!r}"
         )
+    box_regression = values.get("tiledetect_box_regression", False)
+    if not isinstance(box_regression, bool):
+        raise InvalidDetectorError(
+            f"tiledetect_box_regression must be true or false, not {box_regression!r}"
+        )
+    if box_regression and output_shape != "box":
+        raise InvalidDetectorError('a box-regression detector must have output_shape "box"')
     return DetectorSpec(
         model_type=model_type,
         class_names=class_names,
@@ -185,6 +212,7 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> DetectorSpec:
         name=str(values.get("tiledetect_name", "")),
         expand_ratio=expand_ratio,
         output_shape=output_shape,
+        box_regression=box_regression,
     )
 
 

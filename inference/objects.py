@@ -34,8 +34,11 @@ pixels always give the same objects. Steps:
    object's polygon depends only on its pixels, not on where it lies in the raster. A detector
    trained on object cores (`spec.expand_ratio` > 0, trainer.data.shrunk) has each polygon
    grown by area * expand_ratio / perimeter, still in those local pixels, before the area
-   filter; a box detector's (`spec.output_shape == "box"`) becomes its bounding box. Then it
-   is mapped to the CRS with `transform`.
+   filter; a box detector's (`spec.output_shape == "box"`) becomes its bounding box. A
+   box-regression detector (`spec.box_regression`) skips the outline: each instance's box is
+   the median of the boxes its pixels predict, and boxes of a class overlapping by IoU >=
+   DUPLICATE_IOU (fragments of one object) keep the one with more pixels. Then it is mapped to
+   the CRS with `transform`.
 
 Areas assume a metric CRS: polygon area in CRS units² times `metres_per_unit`² (1 for UTM and
 other metre CRSs; Web Mercator callers pass cos(latitude) or get areas inflated by 1/cos²).
@@ -62,6 +65,10 @@ MIN_RADIUS_M = 1.0  # a marker lies this far inside the object: smaller bumps ne
 SPLIT_RATIO = 0.25  # a peak splits off if its saddle is this fraction below it (see above)
 SPLIT_OFFSET_PX = 2.0  # damps the ratio for small peaks, where pixel steps weigh most
 SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance: removes the pixel staircase, keeps the shape
+DUPLICATE_IOU = 0.5  # regressed boxes of one class overlapping this much are one object
+AGREE_IOU = 0.5  # pixels of an instance whose predicted boxes overlap this much agree
+SPLIT_SHARE = 0.25  # a second box in an instance needs this share of its pixels behind it
+MAX_VOTERS = 256  # pixels per instance that vote on its boxes (evenly spread)
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 EIGHT = ndimage.generate_binary_structure(2, 2)
@@ -92,7 +99,8 @@ def extract_objects(
     built; returning False drops it, e.g. when its representative point lies outside the tile
     or cell the caller owns. `metres_per_unit` converts CRS units to metres (areas, radii).
     """
-    probs = _checked(probabilities, spec)
+    raster = _checked(probabilities, spec)
+    probs = raster[: spec.class_channels]
     pixel_m = _pixel_size(transform) * metres_per_unit
     pixel_area_m2 = pixel_m**2
     labels, shifts, classes, scores = _instances(
@@ -100,12 +108,19 @@ def extract_objects(
     )
     if not classes:
         return []
-    local, origins = _local_polygons(labels, len(classes))
-    if spec.expand_ratio:
-        local = _expanded(local, spec.expand_ratio)
-    if spec.output_shape == "box":
-        local = _boxes(local)
-    origins += shifts  # from the packed canvas to raster pixels
+    if spec.box_regression:
+        distances = raster[spec.class_channels :]
+        local, origins, support, owners = _regressed_boxes(labels, shifts, distances)
+        classes = [classes[i] for i in owners]
+        scores = [scores[i] for i in owners]
+        local = _without_duplicates(local, origins, support, classes)
+    else:
+        local, origins = _local_polygons(labels, len(classes))
+        if spec.expand_ratio:
+            local = _expanded(local, spec.expand_ratio)
+        if spec.output_shape == "box":
+            local = _boxes(local)
+        origins += shifts  # from the packed canvas to raster pixels
     areas = np.where(shapely.is_geometry(local), shapely.area(local) * pixel_area_m2, -np.inf)
     large = np.flatnonzero(areas >= spec.min_area_m2)
     geometries = _to_crs(local[large], origins[large], transform)
@@ -124,8 +139,11 @@ def extract_objects(
 def _checked(probabilities: np.ndarray, spec: DetectorSpec) -> np.ndarray:
     probs = np.asarray(probabilities)
     classes = len(spec.class_names)
-    if probs.ndim != 3 or probs.shape[0] != 1 + classes:
-        raise ValueError(f"probabilities must be (1 + {classes} classes, H, W), not {probs.shape}")
+    if probs.ndim != 3 or probs.shape[0] != spec.channels:
+        boxes = " + 4 box distances" if spec.box_regression else ""
+        raise ValueError(
+            f"probabilities must be (1 + {classes} classes{boxes}, H, W), not {probs.shape}"
+        )
     return probs.astype(np.float32, copy=False)
 
 
@@ -371,6 +389,107 @@ def _boxes(polygons: np.ndarray) -> np.ndarray:
     present = np.flatnonzero(shapely.is_geometry(polygons))
     out = polygons.copy()
     out[present] = shapely.envelope(polygons[present])
+    return out
+
+
+def _regressed_boxes(
+    labels: np.ndarray, shifts: np.ndarray, distances: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """The boxes the pixels of each instance (labels 1..n) agree on. Each pixel predicts the
+    edges of its object's box (distances from its centre, FCOS's encoding); pixels whose boxes
+    agree (`_agreeing_groups`) give one box, each edge the median of theirs, so a fragment of a
+    crown still gives the whole crown's box and two crowns merged in the mask give two boxes.
+    Returns the boxes relative to their own whole-pixel corner (so, as for outlines, an object
+    depends only on its pixels), those corners (column, row) in raster pixels, the pixels behind
+    each box, and the instance (0-based) each box came from."""
+    rows, cols = np.nonzero(labels)
+    index = labels[rows, cols] - 1
+    raster_rows = rows + shifts[index, 1].astype(np.int64)
+    raster_cols = cols + shifts[index, 0].astype(np.int64)
+    top, left, bottom, right = distances[:, raster_rows, raster_cols].astype(np.float64)
+    centre_rows, centre_cols = raster_rows + 0.5, raster_cols + 0.5
+    edges = np.stack(
+        [centre_cols - left, centre_rows - top, centre_cols + right, centre_rows + bottom], axis=1
+    )  # (pixels, 4): left, top, right, bottom
+    order = np.argsort(index, kind="stable")
+    sizes = np.bincount(index, minlength=len(shifts))
+    bounds, support, owners = [], [], []
+    for number, members in enumerate(np.split(order, np.cumsum(sizes)[:-1])):
+        for group in _agreeing_groups(edges[members]):
+            bounds.append(np.median(edges[members][group], axis=0))
+            support.append(round(len(group) * len(members) / min(len(members), MAX_VOTERS)))
+            owners.append(number)
+    bounds_array = np.asarray(bounds).reshape(-1, 4)
+    origins = np.floor(bounds_array[:, :2])
+    relative = bounds_array - np.tile(origins, 2)
+    local = shapely.box(*relative.T) if len(relative) else np.empty(0, dtype=object)
+    proper = (relative[:, 2] > relative[:, 0]) & (relative[:, 3] > relative[:, 1])
+    local = np.where(proper, local, None)
+    return local, origins, np.asarray(support), owners
+
+
+def _agreeing_groups(boxes: np.ndarray) -> list[np.ndarray]:
+    """Groups (indexes into `boxes`, (n, 4)) of pixel boxes that agree: the box most others
+    agree with (IoU >= AGREE_IOU) seeds a group of those, again among the rest, while a seed
+    has at least SPLIT_SHARE of the pixels behind it (the first group always stands). At most
+    MAX_VOTERS pixels, evenly spread, vote: large objects cost no more than small ones."""
+    count = len(boxes)
+    voters = np.linspace(0, count - 1, min(count, MAX_VOTERS)).round().astype(np.int64)
+    sample = boxes[voters]
+    width = np.minimum(sample[:, None, 2], sample[None, :, 2]) - np.maximum(
+        sample[:, None, 0], sample[None, :, 0]
+    )
+    height = np.minimum(sample[:, None, 3], sample[None, :, 3]) - np.maximum(
+        sample[:, None, 1], sample[None, :, 1]
+    )
+    overlap = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area = (sample[:, 2] - sample[:, 0]) * (sample[:, 3] - sample[:, 1])
+    agree = overlap >= AGREE_IOU * (area[:, None] + area[None, :] - overlap)
+    remaining = np.ones(len(sample), bool)
+    groups: list[np.ndarray] = []
+    while remaining.any():
+        votes = (agree & remaining[None, :]).sum(axis=1) * remaining
+        seed = int(np.argmax(votes))
+        if groups and votes[seed] < SPLIT_SHARE * len(sample):
+            break
+        members = agree[seed] & remaining
+        groups.append(voters[members])
+        remaining &= ~members
+    return groups
+
+
+def _without_duplicates(
+    boxes: np.ndarray, origins: np.ndarray, support: np.ndarray, classes: list[int]
+) -> np.ndarray:
+    """Boxes of one class that overlap another by IoU >= DUPLICATE_IOU are one object found
+    twice (fragments of a crown agree on its box): the one with more pixels behind it stays."""
+    present = np.flatnonzero(shapely.is_geometry(boxes))
+    if len(present) < 2:
+        return boxes
+    placed = _translated(boxes[present], origins[present])
+    tree = shapely.STRtree(placed)
+    left, right = tree.query(placed, predicate="intersects")
+    pairs = left < right
+    left, right = left[pairs], right[pairs]
+    same = np.asarray(classes)[present[left]] == np.asarray(classes)[present[right]]
+    left, right = left[same], right[same]
+    overlap = shapely.area(shapely.intersection(placed[left], placed[right]))
+    union = shapely.area(placed[left]) + shapely.area(placed[right]) - overlap
+    duplicate = overlap >= DUPLICATE_IOU * union
+    strength = support[present]
+    rivals: dict[int, list[int]] = {}
+    for i, j in zip(left[duplicate].tolist(), right[duplicate].tolist(), strict=True):
+        rivals.setdefault(i, []).append(j)
+        rivals.setdefault(j, []).append(i)
+    out = boxes.copy()
+    dropped: set[int] = set()
+    # Greedy, strongest first (ties: the first found), as non-maximum suppression does.
+    for item in sorted(rivals, key=lambda k: (-strength[k], k)):
+        if item in dropped:
+            continue
+        dropped.update(k for k in rivals[item] if (strength[k], -k) < (strength[item], -item))
+    for item in dropped:
+        out[present[item]] = None
     return out
 
 

@@ -91,7 +91,7 @@ def infer_region(request: RegionRequest, detector: Detector) -> tuple[np.ndarray
         for cols in col_spans:
             shape = (spec.tile_size,) * 2 if fixed else (rows[1] - rows[0], cols[1] - cols[0])
             by_shape.setdefault(shape, []).append((rows, cols))
-    probabilities = np.empty((1 + len(spec.class_names), height, width), np.float32)
+    probabilities = np.empty((spec.channels, height, width), np.float32)
     infer_seconds = 0.0
     for group in by_shape.values():
         for first in range(0, len(group), batch):

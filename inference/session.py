@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference.errors import InvalidDetectorError
-from inference.format import DetectorSpec, spec_from_metadata
+from inference.format import BOX_CHANNELS, DetectorSpec, spec_from_metadata
 
 # CUDA first when onnxruntime-gpu sees a GPU; the CPU provider is always there.
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -33,9 +33,12 @@ class Detector:
     fixed_input: bool = False
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, bands, H, W), already standardised -> probabilities (N, C, H, W)."""
-        (output,) = self.session.run(None, {self.input_name: batch})[:1]
-        return np.asarray(output, dtype=np.float32)
+        """float32 (N, bands, H, W), already standardised -> (N, spec.channels, H, W): the
+        class probabilities, then a box-regression detector's box distances."""
+        outputs = self.session.run(None, {self.input_name: batch})
+        if self.spec.box_regression:
+            return np.concatenate(outputs[:2], axis=1, dtype=np.float32)
+        return np.asarray(outputs[0], dtype=np.float32)
 
 
 _lock = threading.Lock()
@@ -77,6 +80,10 @@ def load_detector(
         raise InvalidDetectorError(
             f"the model returns {classes} channels but class_names has "
             f"{len(spec.class_names) + 1} (background included)"
+        )
+    if spec.box_regression and (len(outputs) < 2 or outputs[1].shape[1] != BOX_CHANNELS):
+        raise InvalidDetectorError(
+            "a box-regression detector returns a second output of 4 box distances (N, 4, H, W)"
         )
     height, width = inputs[0].shape[2:]
     fixed = isinstance(height, int) and isinstance(width, int)

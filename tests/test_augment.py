@@ -84,3 +84,45 @@ def test_the_heavy_sampler_gives_chips_of_the_area_and_unknown_modes_are_refused
     assert set(np.unique(targets.numpy())) <= {0, 1, 2, IGNORE}
     with pytest.raises(ValueError, match="augment must be one of heavy, light"):
         AreaSampler([AreaData(x, y, centres)], [x], dataclasses.replace(config, augment="wild"))
+
+
+def test_box_distances_follow_the_view():
+    """A box head learns, at each core pixel of a chip, the distances to its label's box as the
+    chip sees it: upright, the label's own box; turned a quarter, its sides swap; cut by the
+    chip's edge, still the whole box."""
+    from trainer.data import AreaData, chip_box_distances
+
+    size = 64
+    target = np.zeros((size, size), np.uint8)
+    instances = np.zeros((size, size), np.int32)
+    target[13:18, 12:19] = 1  # the label's core
+    instances[13:18, 12:19] = 1
+    # The label's box: rows 10..20, columns 5..25 (pixel centres at integers).
+    outline = np.array([[10.0, 5.0], [10.0, 25.0], [20.0, 25.0], [20.0, 5.0]])
+    data = AreaData(
+        np.zeros((3, size, size), np.float32), target, np.zeros((0, 3)), instances, (outline,)
+    )
+    centre = (size - 1) / 2
+    upright = View(centre, centre, 0.0, 1.0, False)
+    _, chip_target = warp(data.pixels, target, upright, size)
+    distances = chip_box_distances(data, chip_target, upright, size)
+    np.testing.assert_allclose(distances[:, 15, 15], [5.0, 10.0, 5.0, 10.0])
+    assert np.isnan(distances[:, 30, 30]).all() and np.isnan(distances[:, 12, 15]).all()
+
+    turned = View(centre, centre, math.pi / 2, 1.0, False)
+    _, chip_target = warp(data.pixels, target, turned, size)
+    distances = chip_box_distances(data, chip_target, turned, size)
+    taught = ~np.isnan(distances[0])
+    assert taught.sum() == 35
+    heights = distances[0][taught] + distances[2][taught]
+    widths = distances[1][taught] + distances[3][taught]
+    np.testing.assert_allclose(heights, 20.0, atol=1e-6)
+    np.testing.assert_allclose(widths, 10.0, atol=1e-6)
+
+    cut = View(centre + 15, centre, 0.0, 1.0, False)  # the chip starts in the core's middle row
+    _, chip_target = warp(data.pixels, target, cut, size)
+    distances = chip_box_distances(data, chip_target, cut, size)
+    taught = ~np.isnan(distances[0])
+    rows = np.nonzero(taught)[0]
+    assert rows.min() == 0
+    np.testing.assert_allclose(distances[0][taught] + distances[2][taught], 10.0, atol=1e-6)

@@ -227,3 +227,15 @@ def run_suite_row(prepared, labelled, tmp_path: Path) -> dict:
         prepared, labelled, tmp_path / "run", seconds=None, steps=2, seed=0,
         config=TrainConfig(), progress=print,
     )  # fmt: skip
+
+
+def test_settings_parse_true_and_false_and_refuse_other_words():
+    from trainer.experiments import config_with
+
+    assert config_with(["box_head=true"]).box_head is True
+    assert config_with(["box_head=False"]).box_head is False  # bool("False") would be True
+    assert config_with(["gap_radius=1", "widths=16,32"]).widths == (16, 32)
+    with pytest.raises(KeyError, match="box_head is true or false"):
+        config_with(["box_head=maybe"])
+    with pytest.raises(KeyError, match="unknown setting"):
+        config_with(["no_such=1"])

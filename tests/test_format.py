@@ -1,5 +1,5 @@
-"""The detector format's `tiledetect_output_shape`: written, read back, optional for older
-files, and refused when it names a shape the post-processing cannot give."""
+"""The detector format's `tiledetect_output_shape` and `tiledetect_box_regression`: written, read
+back, optional for older files, and refused when they promise what the model cannot give."""
 
 from __future__ import annotations
 
@@ -35,3 +35,38 @@ def test_an_unknown_output_shape_is_refused():
     metadata = spec_to_metadata(SPEC) | {"tiledetect_output_shape": '"ellipse"'}
     with pytest.raises(InvalidDetectorError, match="tiledetect_output_shape must be one of"):
         spec_from_metadata(metadata)
+
+
+def test_box_regression_round_trips_and_must_be_a_box_detector():
+    regressed = dataclasses.replace(SPEC, output_shape="box", box_regression=True)
+    back = spec_from_metadata(spec_to_metadata(regressed))
+    assert back.box_regression and back.channels == 2 + 4 and back.class_channels == 2
+    assert not spec_from_metadata(spec_to_metadata(SPEC)).box_regression  # older files: off
+    outlines = spec_to_metadata(SPEC) | {"tiledetect_box_regression": "true"}
+    with pytest.raises(InvalidDetectorError, match='must have output_shape "box"'):
+        spec_from_metadata(outlines)
+    vague = spec_to_metadata(regressed) | {"tiledetect_box_regression": '"yes"'}
+    with pytest.raises(InvalidDetectorError, match="must be true or false"):
+        spec_from_metadata(vague)
+
+
+def test_a_box_regression_detector_without_its_boxes_output_is_refused(tmp_path):
+    """Metadata that promises box distances on a model returning only probabilities."""
+    import onnx
+    import torch
+
+    from inference.format import embed_spec
+    from inference.session import load_detector
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Softmax(dim=1)).eval()
+    path = tmp_path / "one-output.onnx"
+    axes = {0: "n", 2: "h", 3: "w"}
+    torch.onnx.export(
+        net, torch.zeros(1, 3, 32, 32), path, input_names=["input"],
+        output_names=["probabilities"], dynamic_axes={"input": axes, "probabilities": axes},
+        dynamo=False,
+    )  # fmt: skip
+    onnx.checker.check_model(onnx.load(path))
+    embed_spec(path, dataclasses.replace(SPEC, output_shape="box", box_regression=True))
+    with pytest.raises(InvalidDetectorError, match="second output of 4 box distances"):
+        load_detector(path)

@@ -255,3 +255,82 @@ def test_a_box_detector_returns_each_object_as_its_bounding_box() -> None:
         assert found.geometry.equals(shapely.box(*outline.geometry.bounds))
         assert found.area_m2 == pytest.approx(found.geometry.area)
         assert found.area_m2 > outline.area_m2  # a disc or slanted roof fills part of its box
+
+
+BOX_SPEC = dataclasses.replace(SPEC, output_shape="box", box_regression=True)
+
+
+def with_boxes(probs: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """`probs` plus the 4 distance channels of a box-regression detector: each pixel predicts
+    the box (left, top, right, bottom; raster pixels, edges at integers) of the first of `boxes`
+    that holds its centre (a fixed 5 px box elsewhere, never read)."""
+    rows, cols = np.mgrid[0 : probs.shape[1], 0 : probs.shape[2]] + 0.5
+    distances = np.stack([np.full(rows.shape, 5.0, np.float32)] * 4)
+    for left, top, right, bottom in reversed(boxes):
+        inside = (cols >= left) & (cols <= right) & (rows >= top) & (rows <= bottom)
+        for channel, value in enumerate([rows - top, cols - left, bottom - rows, right - cols]):
+            distances[channel][inside] = value[inside]
+    return np.concatenate([probs, distances.astype(np.float32)])
+
+
+def pixel_bounds(geometry) -> tuple[float, ...]:
+    """(left, top, right, bottom) of a geometry in raster pixels."""
+    left, bottom, right, top = geometry.bounds
+    (col0, row0), (col1, row1) = ~TRANSFORM * (left, top), ~TRANSFORM * (right, bottom)
+    return col0, row0, col1, row1
+
+
+def test_a_box_regression_detector_returns_the_box_its_pixels_agree_on() -> None:
+    """The object is the box the pixels of its core predict, however small the core, not the
+    core's own bounding box."""
+    core = disc(15.0, 15.0, 1.5)  # a 10 px wide core at pixel (50, 50)
+    probs = with_boxes(probabilities(core, None), [(30.0, 35.0, 72.0, 64.0)])
+    (found,) = extract_objects(probs, TRANSFORM, BOX_SPEC)
+    assert pixel_bounds(found.geometry) == pytest.approx((30.0, 35.0, 72.0, 64.0), abs=1e-6)
+    assert found.area_m2 == pytest.approx(42 * 29 * RES**2)
+    (core_box,) = extract_objects(
+        probabilities(core, None), TRANSFORM, dataclasses.replace(SPEC, output_shape="box")
+    )
+    assert core_box.area_m2 < found.area_m2 / 5
+
+
+def test_fragments_agreeing_on_a_box_are_one_object_and_neighbours_stay_two() -> None:
+    """Two fragments of one crown predict its box: one object. Two crowns merged in the mask
+    whose pixels predict their own boxes come back as two."""
+    fragments = np.maximum(disc(10.0, 10.0, 1.6), disc(14.0, 10.0, 1.0))
+    one_box = (20.0, 20.0, 60.0, 50.0)
+    probs = with_boxes(probabilities(fragments, None), [one_box])
+    found = extract_objects(probs, TRANSFORM, BOX_SPEC)
+    assert len(found) == 1
+    assert pixel_bounds(found[0].geometry) == pytest.approx(one_box, abs=1e-6)
+
+    pair = np.maximum(disc(40.0, 40.0, 2.0), disc(43.0, 40.0, 2.0))  # cores overlap: one mask
+    mask = extract_objects(probabilities(pair, None), TRANSFORM, SPEC)
+    assert len(mask) == 1
+    # Pixels west of the midline (x = 41.5 m, column 138.3) belong to the west crown.
+    west, east = (118.0, 118.0, 148.0, 148.0), (130.0, 118.0, 160.0, 148.0)  # IoU 0.43
+    classes = probabilities(pair, None)
+    west_side = np.arange(SIZE) < 138
+    probs = np.where(west_side, with_boxes(classes, [west]), with_boxes(classes, [east]))
+    found = extract_objects(probs, TRANSFORM, BOX_SPEC)
+    got = sorted(pixel_bounds(o.geometry) for o in found)
+    assert len(got) == 2
+    for found_box, box in zip(got, [west, east], strict=True):
+        assert found_box == pytest.approx(box, abs=1e-6)
+
+
+def test_regressed_boxes_do_not_depend_on_where_they_lie() -> None:
+    core = disc(15.0, 15.0, 1.5)
+    box = (30.0, 35.0, 72.0, 64.0)
+    probs = with_boxes(probabilities(core, None), [box])
+    shifted = np.roll(probs, (0, 37, 23), axis=(0, 1, 2))
+    (a,) = extract_objects(probs, TRANSFORM, BOX_SPEC)
+    (b,) = extract_objects(shifted, TRANSFORM, BOX_SPEC)
+    moved = shapely.affinity.translate(a.geometry, 23 * RES, -37 * RES)
+    assert b.geometry.equals_exact(moved, 1e-6)
+    assert b.score == a.score
+
+
+def test_a_box_regression_raster_needs_its_distance_channels() -> None:
+    with pytest.raises(ValueError, match="4 box distances"):
+        extract_objects(probabilities(disc(15, 15, 2), None), TRANSFORM, BOX_SPEC)

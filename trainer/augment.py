@@ -40,19 +40,43 @@ def warp(x: np.ndarray, y: np.ndarray, view: View, size: int) -> tuple[np.ndarra
     """The size x size chip of (bands, H, W) pixels and (H, W) target seen through `view`:
     pixels bilinear (0, the standardised mean, outside the area), target nearest (IGNORE
     outside, so padding teaches nothing)."""
-    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    v, u = np.meshgrid(offsets, offsets)  # u: chip rows, v: chip columns
-    if view.mirror:
-        v = -v
-    cos, sin = math.cos(view.angle) * view.zoom, math.sin(view.angle) * view.zoom
-    rows = view.row + cos * u - sin * v
-    cols = view.col + sin * u + cos * v
-    coords = np.stack([rows, cols])
+    coords = _sample_positions(view, size)
     chip = np.stack(
         [ndimage.map_coordinates(band, coords, order=1, cval=0.0) for band in x]
     ).astype(np.float32)
     target = ndimage.map_coordinates(y, coords, order=0, cval=IGNORE).astype(y.dtype)
     return chip, target
+
+
+def warp_nearest(values: np.ndarray, view: View, size: int, fill: int = 0) -> np.ndarray:
+    """An (H, W) raster of labels through `view`, nearest neighbour, `fill` outside: the chip
+    `warp` takes, for a raster it does not carry."""
+    coords = _sample_positions(view, size)
+    return ndimage.map_coordinates(values, coords, order=0, cval=fill).astype(values.dtype)
+
+
+def _sample_positions(view: View, size: int) -> np.ndarray:
+    """(2, size, size): the area's (row, col) each chip pixel samples."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    v, u = np.meshgrid(offsets, offsets)  # u: chip rows, v: chip columns
+    if view.mirror:
+        v = -v
+    cos, sin = math.cos(view.angle) * view.zoom, math.sin(view.angle) * view.zoom
+    return np.stack([view.row + cos * u - sin * v, view.col + sin * u + cos * v])
+
+
+def chip_points(points: np.ndarray, view: View, size: int) -> np.ndarray:
+    """(row, col) positions in the area, as `warp` indexes it, to (row, col) in its chip: the
+    inverse of warp's mapping (points outside the chip fall outside 0..size - 1)."""
+    cos, sin = math.cos(view.angle) * view.zoom, math.sin(view.angle) * view.zoom
+    d_row, d_col = points[:, 0] - view.row, points[:, 1] - view.col
+    scale = cos * cos + sin * sin
+    u = (cos * d_row + sin * d_col) / scale
+    v = (-sin * d_row + cos * d_col) / scale
+    if view.mirror:
+        v = -v
+    centre = (size - 1) / 2
+    return np.stack([u + centre, v + centre], axis=1)
 
 
 def relight(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 import torch
 from affine import Affine
 from rasterio.crs import CRS
@@ -26,9 +27,9 @@ from inference.format import DetectorSpec
 from inference.reading import read_region
 from inference.region import snapped_request
 from trainer.annotations import Area, Label
-from trainer.augment import random_view, relight, warp
+from trainer.augment import View, chip_points, random_view, relight, warp, warp_nearest
 from trainer.loop import IGNORE, TrainConfig
-from trainer.targets import as_classes, class_target
+from trainer.targets import BORDER, as_classes, class_target
 
 POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
 BOX_TARGETS = ("box", "ellipse")  # what a box label trains as (see label_target)
@@ -46,11 +47,17 @@ class ImageSource:
 
 @dataclass
 class AreaData:
-    """One training area: pixels scaled to 0..1, the class target, object centres."""
+    """One training area: pixels scaled to 0..1, the class target, object centres, and what a
+    box-regression head learns from: which label each pixel's target belongs to and each
+    label's outline."""
 
     pixels: np.ndarray  # (bands, H, W) float32 in 0..1 (standardised later)
     target: np.ndarray  # (H, W) uint8; IGNORE outside the area
     centres: np.ndarray  # (K, 3) row, col, class index of the labels
+    instances: np.ndarray | None = None  # (H, W) int32: label number (1..n) of the target there
+    # Per label number - 1: (P, 2) row, col of the whole label's outline (as `warp` indexes
+    # pixels); a box label's is its inscribed ellipse, which keeps the box at any angle.
+    outlines: tuple[np.ndarray, ...] = ()
 
 
 def pixel_size_for(meta: dict, resolution_m: float) -> float:
@@ -99,13 +106,14 @@ def read_area(
     pixels = read_region(source.cog_path, _crs(source), bounds, size, raw, source.meta["gsd"])
     transform = _transform(request.origin_x, request.origin_y, pixel)
     shape = (request.height, request.width)
-    target = label_target(
+    target, instances = labelled_target(
         labels, class_names, transform, shape, resolution_m, gap_radius, box_targets, core_ratio
     )
     inside = rasterize([(area.geometry, 1)], out_shape=shape, transform=transform, dtype="uint8")
     target[inside == 0] = IGNORE
     centres = _centres(labels, class_names, transform, shape)
-    return AreaData(pixels.astype(np.float32), target, centres)
+    outlines = tuple(_outline(label, resolution_m, transform) for label in labels)
+    return AreaData(pixels.astype(np.float32), target, centres, instances, outlines)
 
 
 def label_target(
@@ -125,6 +133,22 @@ def label_target(
     tree crown holds ground in its corners, which would teach that ground next to a crown is
     tree; the ellipse keeps the box's extent, so the prediction's bounding box can still match
     it, and the model decides the corners from what it sees elsewhere)."""
+    return labelled_target(
+        labels, class_names, transform, shape, resolution_m, gap_radius, box_targets, core_ratio
+    )[0]
+
+
+def labelled_target(
+    labels: Sequence[Label],
+    class_names: Sequence[str],
+    transform,
+    shape: tuple[int, int],
+    resolution_m: float,
+    gap_radius: int = 0,
+    box_targets: str = "box",
+    core_ratio: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`label_target`, and the label number (1..n, 0: none) each pixel's target came from."""
     if box_targets not in BOX_TARGETS:
         known = ", ".join(BOX_TARGETS)
         raise ValueError(f"box_targets must be one of {known}, not {box_targets!r}")
@@ -143,13 +167,13 @@ def label_target(
         shapes.append((trained, number))
         classes.append(class_names.index(label.cls) + 1)
     if not shapes:
-        return np.zeros(shape, np.uint8)
+        return np.zeros(shape, np.uint8), np.zeros(shape, np.int32)
     ids = rasterize(shapes, out_shape=shape, transform=transform, dtype="int32")
     target = class_target(ids, np.asarray(classes, np.uint8), gap_radius)
     if corners:
         boxes = rasterize(corners, out_shape=shape, transform=transform, dtype="uint8") > 0
         target[boxes & (ids == 0)] = IGNORE
-    return target
+    return target, ids
 
 
 def shrunk(geometry: BaseGeometry, ratio: float, pixel: float) -> BaseGeometry:
@@ -177,6 +201,17 @@ def _inscribed_ellipse(rectangle: BaseGeometry) -> BaseGeometry:
     left, bottom, right, top = rectangle.bounds
     circle = Point((left + right) / 2, (bottom + top) / 2).buffer(1.0, quad_segs=16)
     return scale(circle, (right - left) / 2, (top - bottom) / 2)
+
+
+def _outline(label: Label, resolution_m: float, transform) -> np.ndarray:
+    """The label's whole outline as (row, col) pixel positions, pixel centres at integers."""
+    shape = _trained_shape(label, resolution_m, transform)
+    if label.kind == "box":
+        shape = _inscribed_ellipse(label.geometry)
+    # The hull's box is the shape's box at any angle, with fewer points to turn.
+    xs, ys = shapely.get_coordinates(shape.convex_hull).T
+    cols, rows = ~transform * (xs, ys)
+    return np.stack([np.asarray(rows) - 0.5, np.asarray(cols) - 0.5], axis=1)
 
 
 def _trained_shape(label: Label, resolution_m: float, transform) -> BaseGeometry:
@@ -223,6 +258,10 @@ class AreaSampler:
             raise ValueError(
                 f"augment must be one of {', '.join(AUGMENTS)}, not {config.augment!r}"
             )
+        if config.box_head and config.augment != "heavy":
+            raise ValueError("a box head learns from heavy augmentation's views (augment='heavy')")
+        if config.box_head and any(a.instances is None for a in areas):
+            raise ValueError("a box head needs each area's label instances (read_area gives them)")
         self.config = config
         self.areas = list(areas)
         self.raw_inputs = list(inputs)  # unpadded: the heavy sampler's warp pads with IGNORE
@@ -277,13 +316,42 @@ class AreaSampler:
             row, col = rng.uniform(0, height), rng.uniform(0, width)
         view = random_view(row, col, rng, config.zoom, any_angle=True)
         x, y = warp(self.raw_inputs[index], area.target, view, config.chip)
-        return relight(x, rng, config.relight), y
+        x = relight(x, rng, config.relight)
+        if not config.box_head:
+            return x, y
+        return x, y, chip_box_distances(area, y, view, config.chip)
 
-    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """Standardised chips (N, bands, H, W), class targets (N, H, W), and with a box head
+        the box distances to learn (N, 4, H, W), NaN where there are none."""
         chips = [self.chip(rng) for _ in range(self.config.batch)]
-        x = np.ascontiguousarray(np.stack([c[0] for c in chips]))
-        y = np.ascontiguousarray(np.stack([c[1] for c in chips])).astype(np.int64)
-        return torch.from_numpy(x), torch.from_numpy(y)
+        stacked = [np.ascontiguousarray(np.stack(part)) for part in zip(*chips, strict=True)]
+        stacked[1] = stacked[1].astype(np.int64)
+        return tuple(torch.from_numpy(part) for part in stacked)
+
+
+def chip_box_distances(area: AreaData, target: np.ndarray, view: View, size: int) -> np.ndarray:
+    """Per chip pixel of a label's core (the target's class there, not BORDER or IGNORE): the
+    distances from its centre to the top, left, bottom and right of the label's whole box as the
+    chip sees it (its outline turned with the view, so a crown cut by the chip's edge still
+    teaches its whole box); NaN elsewhere."""
+    ids = warp_nearest(area.instances, view, size)
+    distances = np.full((4, size, size), np.nan, np.float32)
+    taught = (ids > 0) & (target != BORDER) & (target != IGNORE)
+    rows, cols = np.nonzero(taught)
+    if not len(rows):
+        return distances
+    numbers = ids[rows, cols]
+    bounds = np.zeros((int(numbers.max()) + 1, 4))
+    for number in np.unique(numbers):
+        points = chip_points(area.outlines[number - 1], view, size)
+        bounds[number] = (*points.min(axis=0), *points.max(axis=0))  # top, left, bottom, right
+    top, left, bottom, right = bounds[numbers].T
+    # At least a quarter pixel: a core pixel on the outline still lies inside its box.
+    distances[:, rows, cols] = np.maximum(
+        np.stack([rows - top, cols - left, bottom - rows, right - cols]), 0.25
+    )
+    return distances
 
 
 def _object_centre(centres: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:

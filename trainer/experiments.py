@@ -1038,6 +1038,10 @@ def config_with(overrides: Sequence[str]) -> TrainConfig:
         kind = kinds[key]
         if kind is tuple:
             changes[key] = tuple(int(v) for v in raw.split(","))
+        elif kind is bool:  # bool("false") would be True
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise KeyError(f"{key} is true or false, not {raw!r}")
+            changes[key] = raw.lower() in ("true", "1")
         else:
             changes[key] = kind(raw)
     return dataclasses.replace(config, **changes)

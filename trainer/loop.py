@@ -62,6 +62,11 @@ class TrainConfig:
     augment: str = "heavy"
     zoom: float = 1.3
     relight: float = 1.0
+    # Where every label is a box: the network also regresses, at each core pixel, the distances
+    # to its label's box edges (FCOS), and objects are the boxes their pixels agree on
+    # (inference.objects), so a box's size no longer hangs on how far a grown core reaches.
+    box_head: bool = False
+    box_weight: float = 1.0  # weight of the box IoU loss next to cross-entropy + Dice
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,28 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     overlap = (probabilities * onehot).sum(dim=(0, 2, 3))
     total = probabilities.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     return 1.0 - ((2.0 * overlap + 1.0) / (total + 1.0)).mean()
+
+
+def box_distances(raw: torch.Tensor) -> torch.Tensor:
+    """The box head's outputs as distances in pixels (positive; about 7 px at zero, the size
+    of a small crown's half-width, so training starts near the objects' scale)."""
+    return torch.exp(raw.clamp(-8.0, 6.0) + 2.0)
+
+
+def box_iou_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - IoU of the boxes a pixel predicts and its label's (both as distances from the pixel,
+    UnitBox / FCOS), averaged over the pixels that have a label box (target not NaN)."""
+    taught = ~torch.isnan(target[:, 0])
+    if not bool(taught.any()):
+        return predicted.sum() * 0.0
+    p = predicted.permute(1, 0, 2, 3)[:, taught]  # (4, pixels): top, left, bottom, right
+    t = target.permute(1, 0, 2, 3)[:, taught]
+    area_p = (p[0] + p[2]) * (p[1] + p[3])
+    area_t = (t[0] + t[2]) * (t[1] + t[3])
+    height = torch.minimum(p[0], t[0]) + torch.minimum(p[2], t[2])
+    width = torch.minimum(p[1], t[1]) + torch.minimum(p[3], t[3])
+    overlap = height * width
+    return (1.0 - overlap / (area_p + area_t - overlap)).mean()
 
 
 def weighted_cross_entropy(
@@ -153,12 +180,16 @@ def train(
             break
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(done, config) * group["lr_scale"]
-        x, y = sampler.batch(rng)
+        x, y, *boxes = sampler.batch(rng)
         logits = net(x)
+        if boxes:  # the channels after the classes are the box head's
+            logits, raw = logits[:, : len(weights)], logits[:, len(weights) :]
         border = y == BORDER
         y = torch.where(border, torch.zeros_like(y), y)
         loss = weighted_cross_entropy(logits, y, weights, border, config.border_weight)
         loss = loss + config.dice * dice_loss(logits, y)
+        if boxes:
+            loss = loss + config.box_weight * box_iou_loss(box_distances(raw), boxes[0])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

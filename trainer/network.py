@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.loop import box_distances
+
 MULTIPLE = 16  # the exported model takes any H, W that are multiples of this
 # Fully convolutional, BatchNorm frozen at export: region inference may feed chunks this big
 # (plus the margin) and get the windows' probabilities with less context computed twice.
@@ -170,14 +172,20 @@ def build_network(network: str, widths: Sequence[int], classes: int, bands: int)
 
 
 class WithSoftmax(nn.Module):
-    """What gets exported: per-class probabilities, as Deepness segmentors return."""
+    """What gets exported: per-class probabilities, as Deepness segmentors return, and with a box
+    head (`classes` given: the net's channels after the first `classes`) the box distances."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, classes: int | None = None) -> None:
         super().__init__()
         self.net = net
+        self.classes = classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        if self.classes is None:
+            return torch.softmax(out, dim=1)
+        logits, raw = out[:, : self.classes], out[:, self.classes :]
+        return torch.softmax(logits, dim=1), box_distances(raw)
 
 
 # torch's TorchScript exporter keeps its state in module globals (two exports at once fail with
@@ -185,11 +193,13 @@ class WithSoftmax(nn.Module):
 _EXPORT_LOCK = threading.Lock()
 
 
-def export_onnx(net: nn.Module, path: Path, bands: int = 3) -> None:
-    """ONNX with softmax inside and dynamic N, H, W; no normalisation in the graph."""
-    model = WithSoftmax(net).eval()
+def export_onnx(net: nn.Module, path: Path, bands: int = 3, box_classes: int | None = None) -> None:
+    """ONNX with softmax inside and dynamic N, H, W; no normalisation in the graph. With a box
+    head (`box_classes`: the class channels, background included) a second output, `boxes`."""
+    model = WithSoftmax(net, box_classes).eval()
     example = torch.zeros(1, bands, 128, 128)
     axes = {0: "batch", 2: "height", 3: "width"}
+    outputs = ["probabilities"] if box_classes is None else ["probabilities", "boxes"]
     # the TorchScript exporter is deprecated; we chose it
     with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -200,17 +210,25 @@ def export_onnx(net: nn.Module, path: Path, bands: int = 3) -> None:
             dynamo=False,
             opset_version=17,
             input_names=["input"],
-            output_names=["probabilities"],
-            dynamic_axes={"input": axes, "probabilities": axes},
+            output_names=outputs,
+            dynamic_axes={"input": axes} | {name: axes for name in outputs},
         )
 
 
-def onnx_torch_difference(net: nn.Module, path: Path, chips: torch.Tensor) -> float:
-    """Largest absolute difference between the ONNX file's and torch's probabilities."""
+def onnx_torch_difference(
+    net: nn.Module, path: Path, chips: torch.Tensor, box_classes: int | None = None
+) -> float:
+    """Largest absolute difference between the ONNX file's and torch's outputs (box distances,
+    in pixels, relative to their size)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = WithSoftmax(net).eval()(chips).numpy()
-    (actual,) = session.run(None, {"input": chips.numpy()})
-    return float(np.abs(actual - expected).max())
+        expected = WithSoftmax(net, box_classes).eval()(chips)
+    expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+    actual = session.run(None, {"input": chips.numpy()})
+    differences = [np.abs(actual[0] - expected[0].numpy()).max()]
+    if len(expected) > 1:
+        boxes = expected[1].numpy()
+        differences.append((np.abs(actual[1] - boxes) / np.maximum(boxes, 1.0)).max())
+    return float(max(differences))

@@ -202,7 +202,8 @@ def _look(
     objectness = 1.0 - plain[0]
     low, high = NEAR_THRESHOLD
     uncertain = float(np.mean((objectness > low) & (objectness < high)))
-    unstable = float(np.mean(np.abs(plain - mirrored)[1:].sum(axis=0)))
+    classes = slice(1, spec.class_channels)  # object classes; box distances left out
+    unstable = float(np.mean(np.abs(plain[classes] - mirrored[classes]).sum(axis=0)))
     transform = from_origin(left, top, pixel, pixel)
     objects = extract_objects(plain, transform, spec, metres_per_unit=_metres_per_unit(source))
     unusual = 0.0

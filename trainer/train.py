@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import mapping
 
-from inference.format import DetectorSpec, embed_spec
+from inference.format import BOX_CHANNELS, DetectorSpec, embed_spec
 from inference.session import available_providers, load_detector
 from trainer.annotations import Annotations
 from trainer.data import (
@@ -102,11 +102,14 @@ def train_detector(
             )
     if not areas:
         raise ValueError("no training area to learn from")
-    config = request.config
+    output_shape = _output_shape(request)
+    # A box head only where the labels are boxes: outlines stay outlines.
+    config = replace(request.config, box_head=request.config.box_head and output_shape == "box")
     mean, std = input_stats(areas, config.input_norm)
     inputs = [standardise(a.pixels, mean, std) for a in areas]
     sampler = AreaSampler(areas, inputs, config)
-    net = build_network(config.network, config.widths, len(class_names) + 1, len(bands))
+    outputs = len(class_names) + 1 + (BOX_CHANNELS if config.box_head else 0)
+    net = build_network(config.network, config.widths, outputs, len(bands))
     weights = class_weights(areas, len(class_names) + 1, config.weight_power)
     seconds = request.seconds or default_seconds()
     curve: list[dict] = []
@@ -138,8 +141,9 @@ def train_detector(
         min_area_m2=_min_area(request),
         colors=request.colors,
         name=request.name,
-        expand_ratio=expand_ratio_for(config.core_ratio),
-        output_shape=_output_shape(request),
+        expand_ratio=0.0 if config.box_head else expand_ratio_for(config.core_ratio),
+        output_shape=output_shape,
+        box_regression=config.box_head,
     )
     model_path = out_dir / "model.onnx"
     check = sampler.batch(np.random.default_rng(request.seed + 1))[0][:4]
@@ -196,9 +200,10 @@ def _export_checked(
 ) -> float:
     """Export, compare onnxruntime with torch on real chips, embed the spec, then publish."""
     staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    box_classes = spec.class_channels if spec.box_regression else None
     try:
-        export_onnx(net, staging, bands)
-        difference = onnx_torch_difference(net, staging, chips)
+        export_onnx(net, staging, bands, box_classes)
+        difference = onnx_torch_difference(net, staging, chips, box_classes)
         if not difference < ONNX_TOLERANCE:
             raise RuntimeError(f"onnxruntime differs from torch by {difference:.2e}; not published")
         embed_spec(staging, spec)

@@ -78,6 +78,12 @@ class DetectorSpec:
         return self.class_channels + (BOX_CHANNELS if self.box_regression else 0)
 
     @property
+    def objects_outgrow_pixels(self) -> bool:
+        """Objects reach beyond the pixels the model marks (grown cores, regressed boxes): a
+        picture of the probabilities would show less than the detector finds."""
+        return bool(self.expand_ratio) or self.box_regression
+
+    @property
     def core_size(self) -> int:
         """The part of a window whose predictions are kept: the window minus its margins."""
         return self.tile_size - 2 * self.overlap_px

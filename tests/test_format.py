@@ -42,6 +42,8 @@ def test_box_regression_round_trips_and_must_be_a_box_detector():
     back = spec_from_metadata(spec_to_metadata(regressed))
     assert back.box_regression and back.channels == 2 + 4 and back.class_channels == 2
     assert not spec_from_metadata(spec_to_metadata(SPEC)).box_regression  # older files: off
+    # Its objects reach beyond the pixels it marks: tiles paint objects, not probabilities.
+    assert back.objects_outgrow_pixels and not SPEC.objects_outgrow_pixels
     outlines = spec_to_metadata(SPEC) | {"tiledetect_box_regression": "true"}
     with pytest.raises(InvalidDetectorError, match='must have output_shape "box"'):
         spec_from_metadata(outlines)

@@ -172,7 +172,7 @@ async def _render_tile(
             ), headers
         headers["X-Tiledetect-Empty"] = str(below)
         mosaic, bounds = None, None
-    if format == "png" and not layer.spec.expand_ratio:
+    if format == "png" and not layer.spec.objects_outgrow_pixels:
         return await run_in_threadpool(render_overlay, layer, mosaic, tile_request), headers
     if format == "png":  # trained on cores: the probabilities show cores, the objects show all
         objects = (

@@ -39,14 +39,16 @@ def load(run_dir: Path, dataset: str, fold: int = 0):
     detector = load_detector(run_dir / "model.onnx")
     source = ImageSource("image", str(prepared.image), prepared.meta)
     areas = []
+    classes = detector.spec.class_channels  # a box head's distances follow the classes
     for area in parsed.accuracy:
         _, probabilities, transform = predict_area(detector, source, area)
         areas.append((area, parsed.labels_in(area), probabilities, transform))
     for area in parsed.training:
         _, probabilities, transform = predict_area(detector, source, area)
-        pixel_shares("training", area, parsed.labels_in(area), probabilities, transform)
+        labels = parsed.labels_in(area)
+        pixel_shares("training", area, labels, probabilities[:classes], transform)
     for area, labels, probabilities, transform in areas:
-        pixel_shares("accuracy", area, labels, probabilities, transform)
+        pixel_shares("accuracy", area, labels, probabilities[:classes], transform)
     return prepared, detector.spec, source, areas
 
 

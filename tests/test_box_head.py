@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,47 @@ def test_outline_labels_keep_an_outline_detector(tmp_path):
     detector = load_detector(model)
     assert not detector.spec.box_regression and detector.spec.output_shape == "polygon"
     assert [o.name for o in detector.session.get_outputs()] == ["probabilities"]
+
+
+def test_served_tiles_give_each_box_once(trained, tmp_path):
+    """Imported into the server, the detector's GeoJSON tiles hold its boxes, each in one tile,
+    and its PNG and MVT tiles render."""
+    import morecantile
+    from fastapi.testclient import TestClient
+    from shapely.geometry import shape
+
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.conftest import upload
+
+    _, model, source = trained
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+        image = upload(client, Path(source.cog_path))
+        with open(model, "rb") as handle:
+            response = client.post(
+                "/api/detectors/import", files={"file": ("boxes.onnx", handle)},
+                params={"name": "boxes"},
+            )  # fmt: skip
+        assert response.status_code == 201, response.text
+        detector = response.json()
+        url = f"/api/detectors/{detector['id']}/images/{image['id']}/tiles/WebMercatorQuad"
+        tms = morecantile.tms.get("WebMercatorQuad")
+        west, south, east, north = image["bounds_wgs84"]
+        zoom = image["maxzoom"]
+        tiles = list(tms.tiles(west, south, east, north, [zoom]))
+        features = []
+        for tile in tiles:
+            response = client.get(f"{url}/{tile.z}/{tile.x}/{tile.y}.geojson")
+            assert response.status_code == 200, response.text
+            features += response.json()["features"]
+        assert features
+        shapes = [shape(f["geometry"]) for f in features]
+        for one in shapes:
+            assert len(one.exterior.coords) == 5  # a box
+        for i, a in enumerate(shapes):
+            for b in shapes[i + 1 :]:
+                assert not a.equals_exact(b, 1e-9)
+        middle = tiles[len(tiles) // 2]
+        for fmt in ("png", "mvt"):
+            response = client.get(f"{url}/{middle.z}/{middle.x}/{middle.y}.{fmt}")
+            assert response.status_code == 200 and response.content

@@ -23,7 +23,7 @@ from trainer.data import ImageSource
 from trainer.loop import TrainConfig
 from trainer.train import TrainingRequest, train_detector
 
-BOX_HEAD = dataclasses.replace(TrainConfig(), box_head=True)
+BOX_HEAD = TrainConfig()  # the default: a box head wherever the labels are boxes
 
 
 def train(folder, *, as_boxes: bool, steps: int):

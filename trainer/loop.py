@@ -64,8 +64,9 @@ class TrainConfig:
     relight: float = 1.0
     # Where every label is a box: the network also regresses, at each core pixel, the distances
     # to its label's box edges (FCOS), and objects are the boxes their pixels agree on
-    # (inference.objects), so a box's size no longer hangs on how far a grown core reaches.
-    box_head: bool = False
+    # (inference.objects): fragments of a crown give one box, crowns merged in the mask two.
+    # NEON, 780 steps, 3 seeds x 2 folds: OSBS_029 F1 0.484 against 0.449 without (README).
+    box_head: bool = True
     box_weight: float = 1.0  # weight of the box IoU loss next to cross-entropy + Dice
 
 

@@ -21,16 +21,22 @@ from inference.session import load_detector
 from trainer.annotations import parse_annotations
 from trainer.data import ImageSource
 from trainer.evaluate import score_areas
-from trainer.experiments import DATASETS, cache_dir, shared_data_dir
+from trainer.experiments import (
+    DATASETS,
+    cache_dir,
+    make_annotations,
+    shared_data_dir,
+    truth_objects,
+)
 
-RUN_NAME = re.compile(r"(?P<dataset>.+)-\d+-f(?P<fold>\d+)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"(?P<dataset>.+)-(?P<labels>\d+)-f(?P<fold>\d+)-s(?P<seed>\d+)$")
 
 
 def rescore(run_dir: Path) -> tuple[str, dict]:
     match = RUN_NAME.match(run_dir.name)
     if match is None:
         raise ValueError(f"{run_dir.name} is not a run folder name")
-    dataset, fold = match["dataset"], int(match["fold"])
+    dataset, fold, labels = match["dataset"], int(match["fold"]), int(match["labels"])
     prepared = DATASETS[dataset].prepare(cache_dir(), shared_data_dir(), fold)
     collection = json.loads((run_dir / "annotations.geojson").read_text())
     parsed = parse_annotations(
@@ -41,6 +47,10 @@ def rescore(run_dir: Path) -> tuple[str, dict]:
     )
     detector = load_detector(run_dir / "model.onnx")
     source = ImageSource("image", str(prepared.image), prepared.meta)
+    if prepared.score_image is not None:  # a cross-image run: scored on the other image
+        labelled = make_annotations(prepared, truth_objects(prepared), labels)
+        parsed = labelled.score_annotations
+        source = ImageSource("score", str(prepared.score_image), prepared.score_meta)
     labels_in = {area.index: parsed.labels_in(area) for area in parsed.accuracy}
     scores = score_areas(detector, source, parsed.accuracy, labels_in)
     metrics = scores.as_dict(list(prepared.classes))

@@ -77,13 +77,19 @@ def test_the_heavy_sampler_gives_chips_of_the_area_and_unknown_modes_are_refused
 
     x, y = area()
     centres = np.array([[20, 30, 1]])
-    config = dataclasses.replace(TrainConfig(), chip=32, batch=4)
+    config = dataclasses.replace(TrainConfig(), chip=32, batch=4, box_head=False)
     sampler = AreaSampler([AreaData(x, y, centres)], [x], config)
     chips, targets = sampler.batch(np.random.default_rng(0))
     assert chips.shape == (4, 3, 32, 32) and targets.shape == (4, 32, 32)
     assert set(np.unique(targets.numpy())) <= {0, 1, 2, IGNORE}
     with pytest.raises(ValueError, match="augment must be one of heavy, light"):
         AreaSampler([AreaData(x, y, centres)], [x], dataclasses.replace(config, augment="wild"))
+
+
+def warped(data, view: View, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chip's target and label numbers, as the heavy sampler warps them (in one raster)."""
+    _, both = warp(data.pixels, data.instances * 256 + data.target, view, size)
+    return (both % 256).astype(np.uint8), both // 256
 
 
 def test_box_distances_follow_the_view():
@@ -104,14 +110,12 @@ def test_box_distances_follow_the_view():
     )
     centre = (size - 1) / 2
     upright = View(centre, centre, 0.0, 1.0, False)
-    _, chip_target = warp(data.pixels, target, upright, size)
-    distances = chip_box_distances(data, chip_target, upright, size)
+    distances = chip_box_distances(data, *warped(data, upright, size), upright, size)
     np.testing.assert_allclose(distances[:, 15, 15], [5.0, 10.0, 5.0, 10.0])
     assert np.isnan(distances[:, 30, 30]).all() and np.isnan(distances[:, 12, 15]).all()
 
     turned = View(centre, centre, math.pi / 2, 1.0, False)
-    _, chip_target = warp(data.pixels, target, turned, size)
-    distances = chip_box_distances(data, chip_target, turned, size)
+    distances = chip_box_distances(data, *warped(data, turned, size), turned, size)
     taught = ~np.isnan(distances[0])
     assert taught.sum() == 35
     heights = distances[0][taught] + distances[2][taught]
@@ -120,8 +124,7 @@ def test_box_distances_follow_the_view():
     np.testing.assert_allclose(widths, 10.0, atol=1e-6)
 
     cut = View(centre + 15, centre, 0.0, 1.0, False)  # the chip starts in the core's middle row
-    _, chip_target = warp(data.pixels, target, cut, size)
-    distances = chip_box_distances(data, chip_target, cut, size)
+    distances = chip_box_distances(data, *warped(data, cut, size), cut, size)
     taught = ~np.isnan(distances[0])
     rows = np.nonzero(taught)[0]
     assert rows.min() == 0

@@ -48,13 +48,6 @@ def warp(x: np.ndarray, y: np.ndarray, view: View, size: int) -> tuple[np.ndarra
     return chip, target
 
 
-def warp_nearest(values: np.ndarray, view: View, size: int, fill: int = 0) -> np.ndarray:
-    """An (H, W) raster of labels through `view`, nearest neighbour, `fill` outside: the chip
-    `warp` takes, for a raster it does not carry."""
-    coords = _sample_positions(view, size)
-    return ndimage.map_coordinates(values, coords, order=0, cval=fill).astype(values.dtype)
-
-
 def _sample_positions(view: View, size: int) -> np.ndarray:
     """(2, size, size): the area's (row, col) each chip pixel samples."""
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2

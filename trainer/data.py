@@ -27,7 +27,7 @@ from inference.format import DetectorSpec
 from inference.reading import read_region
 from inference.region import snapped_request
 from trainer.annotations import Area, Label
-from trainer.augment import View, chip_points, random_view, relight, warp, warp_nearest
+from trainer.augment import View, chip_points, random_view, relight, warp
 from trainer.loop import IGNORE, TrainConfig
 from trainer.targets import BORDER, as_classes, class_target
 
@@ -272,6 +272,12 @@ class AreaSampler:
         self.inputs = [_pad_to(x, size, 0.0) for x in inputs] if light else []
         self.targets = [_pad_to(a.target[None], size, IGNORE)[0] for a in areas] if light else []
         self.centres = [a.centres for a in areas]
+        # IGNORE outside an area is 255 in the low byte, label 0 in the rest (see heavy_chip).
+        self.targets_and_ids = (
+            [a.instances.astype(np.int32) * 256 + a.target for a in areas]
+            if config.box_head
+            else []
+        )
         sizes = np.array([a.target.size for a in areas], np.float64)
         self.area_weights = sizes / sizes.sum()  # big areas give more chips
 
@@ -315,11 +321,14 @@ class AreaSampler:
         else:
             row, col = rng.uniform(0, height), rng.uniform(0, width)
         view = random_view(row, col, rng, config.zoom, any_angle=True)
-        x, y = warp(self.raw_inputs[index], area.target, view, config.chip)
-        x = relight(x, rng, config.relight)
         if not config.box_head:
-            return x, y
-        return x, y, chip_box_distances(area, y, view, config.chip)
+            x, y = warp(self.raw_inputs[index], area.target, view, config.chip)
+            return relight(x, rng, config.relight), y
+        # Target and label numbers in one raster: one nearest-neighbour warp gives both.
+        x, both = warp(self.raw_inputs[index], self.targets_and_ids[index], view, config.chip)
+        y, ids = (both % 256).astype(np.uint8), both // 256
+        distances = chip_box_distances(area, y, ids, view, config.chip)
+        return relight(x, rng, config.relight), y, distances
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
         """Standardised chips (N, bands, H, W), class targets (N, H, W), and with a box head
@@ -330,12 +339,13 @@ class AreaSampler:
         return tuple(torch.from_numpy(part) for part in stacked)
 
 
-def chip_box_distances(area: AreaData, target: np.ndarray, view: View, size: int) -> np.ndarray:
-    """Per chip pixel of a label's core (the target's class there, not BORDER or IGNORE): the
-    distances from its centre to the top, left, bottom and right of the label's whole box as the
-    chip sees it (its outline turned with the view, so a crown cut by the chip's edge still
-    teaches its whole box); NaN elsewhere."""
-    ids = warp_nearest(area.instances, view, size)
+def chip_box_distances(
+    area: AreaData, target: np.ndarray, ids: np.ndarray, view: View, size: int
+) -> np.ndarray:
+    """Per chip pixel of a label's core (the chip's target a class there, not BORDER or IGNORE;
+    `ids` the chip's label numbers): the distances from its centre to the top, left, bottom and
+    right of the label's whole box as the chip sees it (its outline turned with the view, so a
+    crown cut by the chip's edge still teaches its whole box); NaN elsewhere."""
     distances = np.full((4, size, size), np.nan, np.float32)
     taught = (ids > 0) & (target != BORDER) & (target != IGNORE)
     rows, cols = np.nonzero(taught)

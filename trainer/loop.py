@@ -80,7 +80,10 @@ class TrainProgress:
 
 
 class Sampler(Protocol):
-    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """Chips (N, bands, H, W) and class targets (N, H, W); for a box head also the box
+        distances to learn (N, 4, H, W), NaN where none."""
+        ...
 
 
 def learning_rate(progress: float, config: TrainConfig) -> float:

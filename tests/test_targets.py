@@ -86,11 +86,11 @@ def box_labels() -> list:
 def test_box_labels_train_as_their_inscribed_ellipse_with_the_corners_ignored():
     from affine import Affine
 
-    from trainer.data import label_target
+    from trainer.data import labelled_target
 
     transform = Affine(0.5, 0, 0, 0, -0.5, 16)  # 0.5 m pixels, 40 x 32 px
-    whole = label_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "box")
-    ellipse = label_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "ellipse")
+    whole = labelled_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "box")[0]
+    ellipse = labelled_target(box_labels(), ["tree"], transform, (32, 40), 0.5, 2, "ellipse")[0]
     assert not (whole == IGNORE).any()
     top = ellipse[:16]  # the boxes (rows 0-15); the polygon lies below
     # Corners teach nothing; the middle of each side is still the object, so the ellipse spans
@@ -112,10 +112,12 @@ def test_box_labels_train_as_their_inscribed_ellipse_with_the_corners_ignored():
 def test_unknown_box_target_mode_is_refused():
     from affine import Affine
 
-    from trainer.data import label_target
+    from trainer.data import labelled_target
 
     with pytest.raises(ValueError, match="box_targets must be one of box, ellipse"):
-        label_target(box_labels(), ["tree"], Affine(0.5, 0, 0, 0, -0.5, 16), (32, 40), 0.5, 2, "x")
+        labelled_target(
+            box_labels(), ["tree"], Affine(0.5, 0, 0, 0, -0.5, 16), (32, 40), 0.5, 2, "x"
+        )[0]
 
 
 def test_labels_train_as_cores_and_the_detector_grows_them_back():
@@ -129,12 +131,12 @@ def test_labels_train_as_cores_and_the_detector_grows_them_back():
     from inference.format import DetectorSpec
     from inference.metrics import matched_pairs
     from inference.objects import extract_objects
-    from trainer.data import expand_ratio_for, label_target
+    from trainer.data import expand_ratio_for, labelled_target
 
     transform = Affine(0.1, 0, 0, 0, -0.1, 16)  # 0.1 m pixels, 200 x 160 px
     labels = box_labels()
-    cores = label_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box", 0.5)
-    whole = label_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box")
+    cores = labelled_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box", 0.5)[0]
+    whole = labelled_target(labels, ["tree"], transform, (160, 200), 0.1, 0, "box")[0]
     assert not (cores == BORDER).any()  # nothing touches: no gap needed
     assert ndimage.label(cores == 1)[1] == 3
     # A box's core keeps (1 + r²) / 2 of a disc's radius: about 0.39 of a square's area.

@@ -32,7 +32,7 @@ from trainer.loop import IGNORE, TrainConfig
 from trainer.targets import BORDER, as_classes, class_target
 
 POINT_RADIUS_M = 1.0  # a count label (a point) trains as a disc this wide
-BOX_TARGETS = ("box", "ellipse")  # what a box label trains as (see label_target)
+BOX_TARGETS = ("box", "ellipse")  # what a box label trains as (see labelled_target)
 AUGMENTS = ("heavy", "light")  # AreaSampler's chip views (TrainConfig.augment)
 
 
@@ -116,28 +116,6 @@ def read_area(
     return AreaData(pixels.astype(np.float32), target, centres, instances, outlines)
 
 
-def label_target(
-    labels: Sequence[Label],
-    class_names: Sequence[str],
-    transform,
-    shape: tuple[int, int],
-    resolution_m: float,
-    gap_radius: int = 0,
-    box_targets: str = "box",
-    core_ratio: float = 1.0,
-) -> np.ndarray:
-    """Class per pixel; labels later in the list win overlaps; touching labels parted.
-
-    `box_targets` says what a box label teaches: "box", that its whole rectangle is the object;
-    "ellipse", that its inscribed ellipse is, its corners being IGNORE (a box drawn round a
-    tree crown holds ground in its corners, which would teach that ground next to a crown is
-    tree; the ellipse keeps the box's extent, so the prediction's bounding box can still match
-    it, and the model decides the corners from what it sees elsewhere)."""
-    return labelled_target(
-        labels, class_names, transform, shape, resolution_m, gap_radius, box_targets, core_ratio
-    )[0]
-
-
 def labelled_target(
     labels: Sequence[Label],
     class_names: Sequence[str],
@@ -148,7 +126,14 @@ def labelled_target(
     box_targets: str = "box",
     core_ratio: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`label_target`, and the label number (1..n, 0: none) each pixel's target came from."""
+    """Class per pixel, and the label number (1..n, 0: none) it came from; labels later in the
+    list win overlaps; touching labels parted.
+
+    `box_targets` says what a box label teaches: "box", that its whole rectangle is the object;
+    "ellipse", that its inscribed ellipse is, its corners being IGNORE (a box drawn round a
+    tree crown holds ground in its corners, which would teach that ground next to a crown is
+    tree; the ellipse keeps the box's extent, so the prediction's bounding box can still match
+    it, and the model decides the corners from what it sees elsewhere)."""
     if box_targets not in BOX_TARGETS:
         known = ", ".join(BOX_TARGETS)
         raise ValueError(f"box_targets must be one of {known}, not {box_targets!r}")
